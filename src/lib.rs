@@ -1,0 +1,9 @@
+//! backstop: a backup authentication engine that fronts a primary identity provider and keeps
+//! applications signed in through its outage. See `ARCHITECTURE.md` for the codemap.
+//!
+//! Floors (arrows point down only, see `../shared/STYLE.md`): `server` may use everything; the
+//! logic modules below it never touch sockets, hyper or the clock.
+
+#![deny(unsafe_code)]
+
+pub mod limits;

@@ -1,0 +1,100 @@
+//! Every bound on outside input and every capacity, in one place, with the reason for each.
+//!
+//! Configurable limits keep their default and their allowed range here; `config` checks a
+//! configured value against the range and names the field when it is out of it. Fixed limits
+//! are plain constants. Compile-time asserts pin how bounds relate to each other.
+
+/// An inclusive range a configurable limit must fall in, with its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// Smallest allowed value.
+    pub min: u64,
+    /// Largest allowed value.
+    pub max: u64,
+    /// Value used when the configuration does not set one.
+    pub default: u64,
+}
+
+impl Bound {
+    /// Whether `value` is inside the bound.
+    pub const fn allows(&self, value: u64) -> bool {
+        value >= self.min && value <= self.max
+    }
+
+    const fn is_coherent(&self) -> bool {
+        self.min <= self.default && self.default <= self.max
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP server (issue 2). Each is configurable under `[limits]`.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of the request head (request line plus all header lines). Over it: 431 and close.
+/// Token requests carry a few small headers; 16 KiB leaves room for a DPoP proof and cookies.
+pub const HEADER_BYTES: Bound = Bound { min: 1024, max: 256 * 1024, default: 16 * 1024 };
+
+/// Number of header lines in one request. Over it: 431 and close.
+pub const HEADER_COUNT: Bound = Bound { min: 8, max: 512, default: 64 };
+
+/// Bytes of a request body. Over it: 413. A token request is a short form; 64 KiB is generous.
+pub const BODY_BYTES: Bound = Bound { min: 1024, max: 16 * 1024 * 1024, default: 64 * 1024 };
+
+/// Bytes of the request target (path and query). Over it: 414.
+pub const REQUEST_LINE_BYTES: Bound = Bound { min: 256, max: 64 * 1024, default: 8 * 1024 };
+
+/// Milliseconds an idle keep-alive connection may wait for the first byte of its next request.
+pub const KEEP_ALIVE_IDLE_MS: Bound = Bound { min: 100, max: 3_600_000, default: 60_000 };
+
+/// Milliseconds from the first byte of a request head to its last (slowloris). Over it: closed.
+pub const HEADER_READ_TIMEOUT_MS: Bound = Bound { min: 100, max: 300_000, default: 10_000 };
+
+/// Milliseconds to receive a whole request body once the head is in. Over it: 408.
+pub const BODY_READ_TIMEOUT_MS: Bound = Bound { min: 100, max: 300_000, default: 10_000 };
+
+/// Open client connections per worker thread. Over it: 503 and close.
+pub const CONNECTIONS_PER_WORKER: Bound = Bound { min: 1, max: 1_000_000, default: 10_000 };
+
+/// Milliseconds a graceful shutdown waits for in-flight requests before closing them.
+pub const SHUTDOWN_GRACE_MS: Bound = Bound { min: 0, max: 600_000, default: 10_000 };
+
+/// Worker threads. 0 in the configuration means one per core.
+pub const WORKERS: Bound = Bound { min: 0, max: 1024, default: 0 };
+
+/// Bytes of a configuration file we are willing to read.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Bytes of a file holding a secret (admin token, passphrase).
+pub const SECRET_FILE_BYTES_MAX: u64 = 4096;
+
+/// Shortest admin bearer token accepted: 128 bits of base64 or hex is at least 22 characters.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 22;
+
+/// Bytes of an admin API request body.
+pub const ADMIN_BODY_BYTES_MAX: u64 = 1024 * 1024;
+
+const _: () = {
+    assert!(HEADER_BYTES.is_coherent());
+    assert!(HEADER_COUNT.is_coherent());
+    assert!(BODY_BYTES.is_coherent());
+    assert!(REQUEST_LINE_BYTES.is_coherent());
+    assert!(KEEP_ALIVE_IDLE_MS.is_coherent());
+    assert!(HEADER_READ_TIMEOUT_MS.is_coherent());
+    assert!(BODY_READ_TIMEOUT_MS.is_coherent());
+    assert!(CONNECTIONS_PER_WORKER.is_coherent());
+    assert!(SHUTDOWN_GRACE_MS.is_coherent());
+    assert!(WORKERS.is_coherent());
+    // The request line is part of the head, so its default must fit in the default head.
+    assert!(REQUEST_LINE_BYTES.default < HEADER_BYTES.default);
+    // hyper needs at least 8 KiB of read buffer for a head; our floor keeps a margin above the
+    // request-line floor.
+    assert!(HEADER_BYTES.min > REQUEST_LINE_BYTES.min);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Store (issue 3): append store limits below this line.
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Token (issue 4): append token and JOSE limits below this line.
+// ---------------------------------------------------------------------------------------------

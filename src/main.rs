@@ -1,0 +1,3 @@
+//! The `backstop` binary: wires the command line to the library and nothing else.
+
+fn main() {}
