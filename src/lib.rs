@@ -7,3 +7,6 @@
 #![deny(unsafe_code)]
 
 pub mod limits;
+
+#[doc(hidden)]
+pub mod fuzzing;
