@@ -6,7 +6,10 @@
 
 #![deny(unsafe_code)]
 
+pub mod config;
 pub mod limits;
+pub mod metrics;
+pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;

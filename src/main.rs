@@ -1,3 +1,194 @@
 //! The `backstop` binary: wires the command line to the library and nothing else.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use backstop::config::{Config, LogFormat, ProcessEnv};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// backstop: a backup authentication engine. It sits in front of your identity provider as a
+/// drop-in token endpoint, records each successful sign-in, and keeps applications signed in
+/// when the provider goes down.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  \
+    backstop serve                               # serve on embedded defaults (127.0.0.1:8080)\n  \
+    backstop serve --config /etc/backstop.toml   # serve with a config file\n  \
+    backstop check-config /etc/backstop.toml     # validate a config file and exit\n  \
+    BACKSTOP_ADMIN_TOKEN=$(openssl rand -base64 32) backstop serve   # enable the admin API")]
+struct Cli {
+    /// Log line format; overrides `[log] format` in the config file.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the token endpoint, health checks and metrics until SIGTERM or SIGINT.
+    ///
+    /// Without --config, every setting takes its embedded default (see backstop.example.toml).
+    /// The admin API starts only when BACKSTOP_ADMIN_TOKEN (or `admin_token_file`) is set.
+    /// On SIGTERM: /readyz turns 503, new connections are refused, requests in flight finish
+    /// (bounded by `limits.shutdown_grace_ms`), and the process exits 0.
+    #[command(
+        after_help = "Examples:\n  backstop serve\n  backstop serve --config backstop.toml\n  BACKSTOP_CONFIG=backstop.toml backstop serve --log-format json"
+    )]
+    Serve {
+        /// TOML config file. Missing fields take their defaults.
+        #[arg(long, short, env = "BACKSTOP_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file (and the secrets it names) and print the effective settings.
+    ///
+    /// Exits 0 when valid, 2 with a message naming the field, the bad value and what is
+    /// allowed when not.
+    #[command(after_help = "Example:\n  backstop check-config /etc/backstop/backstop.toml")]
+    CheckConfig {
+        /// The TOML config file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Run the self-contained demo: a mock identity provider, simulated clients, an outage.
+    ///
+    /// Not available yet: it needs the failover gateway (issue 5).
+    Demo,
+    /// Generate a signing key in the data directory and print its public JWK.
+    ///
+    /// Not available yet: it arrives with the token engine (issue 4).
+    Keygen,
+    /// Inspect a data directory: shards, record counts, expiry, segment health.
+    ///
+    /// Not available yet: it arrives with the session store (issue 3).
+    Inspect {
+        /// The data directory to inspect.
+        #[arg(value_name = "DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config, cli.log_format),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo => not_yet(
+            "demo",
+            "the failover gateway (issue 5); use `backstop serve`",
+        ),
+        Command::Keygen => not_yet("keygen", "the token engine (issue 4)"),
+        Command::Inspect { .. } => not_yet("inspect", "the session store (issue 3)"),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("backstop: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let format = match log_format {
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        Some(CliLogFormat::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    init_logging(format, &config.log.level);
+
+    let server = match backstop::server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("backstop: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // One line per listener on stdout, for operators and for tests that start on port 0.
+    print_line(&format!(
+        "backstop: listening on http://{}",
+        server.public_addr()
+    ));
+    if let Some(addr) = server.admin_addr() {
+        print_line(&format!("backstop: admin API on http://{addr}"));
+    }
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("backstop: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), &ProcessEnv) {
+        Ok(c) => {
+            print_line(&format!("backstop: config OK: {}", file.display()));
+            print_line(&format!("  listen         = {}", c.listen));
+            print_line(&format!(
+                "  admin_listen   = {} (admin API {})",
+                c.admin_listen,
+                if c.admin_token.is_some() {
+                    "enabled"
+                } else {
+                    "disabled: no admin token"
+                }
+            ));
+            print_line(&format!("  data_dir       = {}", c.data_dir.display()));
+            print_line(&format!("  workers        = {}", c.workers));
+            print_line(&format!("  issuer         = {}", c.issuer));
+            print_line(&format!("  primary.origin = {}", c.primary.origin));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backstop: invalid configuration: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn not_yet(command: &str, arrives_with: &str) -> ExitCode {
+    eprintln!(
+        "backstop {command}: not available in this build yet; it arrives with {arrives_with}."
+    );
+    ExitCode::from(EXIT_RUNTIME)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_line(line: &str) {
+    // stdout is line-buffered, so each line reaches a pipe as soon as it is printed.
+    println!("{line}");
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    // `level` was validated with the config; RUST_LOG, when set, wins for debugging sessions.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,717 @@
+//! Configuration: the TOML file format, its embedded defaults, and validation that names the
+//! field, the bad value and what is allowed.
+//!
+//! Parsing happens in two steps. `RawConfig` mirrors the file (serde, unknown fields refused);
+//! `Config::from_raw` checks every value and produces the validated `Config` the rest of the
+//! program uses, so nothing downstream re-checks a setting. Secrets are read here (from the
+//! environment or a file) and kept in `Secret`, which never prints its value.
+
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::{self, Bound};
+
+pub use secret::Secret;
+
+/// Environment variable holding the admin API bearer token.
+pub const ADMIN_TOKEN_ENV: &str = "BACKSTOP_ADMIN_TOKEN";
+
+/// A configuration error. Every variant names the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is larger than we are willing to read.
+    #[error("config file {path} is {size_bytes} bytes; at most {max_bytes} bytes are allowed")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// The file is not valid TOML, has an unknown field, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file (or `<embedded defaults>`).
+        path: String,
+        /// The TOML parser's message, which names the field and points at the line.
+        message: String,
+    },
+    /// A field has a value outside what is allowed.
+    #[error("config field `{field}` = {value}: {allowed}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `limits.body_bytes_max`.
+        field: &'static str,
+        /// The offending value, as written.
+        value: String,
+        /// What is allowed instead.
+        allowed: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            field,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+/// The file as written. Every field is optional; defaults fill the gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    workers: Option<u64>,
+    issuer: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    primary: RawPrimary,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrimary {
+    origin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_bytes_max: Option<u64>,
+    header_count_max: Option<u64>,
+    body_bytes_max: Option<u64>,
+    request_line_bytes_max: Option<u64>,
+    keep_alive_idle_ms: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    connections_per_worker_max: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the public listener binds (every worker binds it with `SO_REUSEPORT`).
+    pub listen: SocketAddr,
+    /// Address the admin API binds.
+    pub admin_listen: SocketAddr,
+    /// Directory holding the store, keys and deployment secrets.
+    pub data_dir: PathBuf,
+    /// Worker threads, resolved: never 0.
+    pub workers: usize,
+    /// Public URL of the issuer: the `iss` of every token backstop mints.
+    pub issuer: String,
+    /// The primary identity provider.
+    pub primary: PrimaryConfig,
+    /// Bounds on outside input.
+    pub limits: HttpLimits,
+    /// Logging.
+    pub log: LogConfig,
+    /// Bearer token for the admin API; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+}
+
+/// Where backstop reaches the primary identity provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryConfig {
+    /// Origin URL (scheme, host, port), e.g. `https://idp.internal:8443`.
+    pub origin: String,
+}
+
+/// Limits on what clients may send, resolved from `[limits]` and `limits.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Bytes of a request head. Over it: 431.
+    pub header_bytes_max: usize,
+    /// Header lines in a request. Over it: 431.
+    pub header_count_max: usize,
+    /// Bytes of a request body. Over it: 413.
+    pub body_bytes_max: u64,
+    /// Bytes of the request target. Over it: 414.
+    pub request_line_bytes_max: usize,
+    /// Idle time allowed between requests on a keep-alive connection.
+    pub keep_alive_idle: Duration,
+    /// Time allowed from the first byte of a request head to its end.
+    pub header_read_timeout: Duration,
+    /// Time allowed to receive a request body. Over it: 408.
+    pub body_read_timeout: Duration,
+    /// Open connections per worker. Over it: 503.
+    pub connections_per_worker_max: usize,
+    /// Time a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        // Built straight from the constants; `default_limits_equal_resolved_empty_table` checks
+        // this stays equal to what the resolver produces for an empty `[limits]` table.
+        let ms = |bound: Bound| Duration::from_millis(bound.default);
+        let size = |bound: Bound| usize::try_from(bound.default).unwrap_or(usize::MAX);
+        Self {
+            header_bytes_max: size(limits::HEADER_BYTES),
+            header_count_max: size(limits::HEADER_COUNT),
+            body_bytes_max: limits::BODY_BYTES.default,
+            request_line_bytes_max: size(limits::REQUEST_LINE_BYTES),
+            keep_alive_idle: ms(limits::KEEP_ALIVE_IDLE_MS),
+            header_read_timeout: ms(limits::HEADER_READ_TIMEOUT_MS),
+            body_read_timeout: ms(limits::BODY_READ_TIMEOUT_MS),
+            connections_per_worker_max: size(limits::CONNECTIONS_PER_WORKER),
+            shutdown_grace: ms(limits::SHUTDOWN_GRACE_MS),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `backstop=debug,hyper=warn`.
+    pub level: String,
+}
+
+/// Where secrets come from, so tests can supply them without touching the process environment.
+pub trait SecretSource {
+    /// The value of environment variable `name`, if set.
+    fn env(&self, name: &str) -> Option<String>;
+}
+
+/// Secrets from the real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl SecretSource for ProcessEnv {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file; `None` means embedded defaults only.
+    pub fn load(path: Option<&Path>, secrets: &dyn SecretSource) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse("", "<embedded defaults>", secrets),
+            Some(path) => {
+                let text = read_bounded(path, limits::CONFIG_FILE_BYTES_MAX)?;
+                Self::parse(&text, &path.display().to_string(), secrets)
+            }
+        }
+    }
+
+    /// Parses and validates config text. `origin` names it in error messages.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        secrets: &dyn SecretSource,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Self::from_raw(raw, secrets)
+    }
+
+    fn from_raw(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Self, ConfigError> {
+        let listen = parse_addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let admin_listen = parse_addr(
+            "admin_listen",
+            raw.admin_listen.as_deref().unwrap_or("127.0.0.1:8081"),
+        )?;
+        if listen.port() != 0 && listen == admin_listen {
+            return Err(ConfigError::invalid(
+                "admin_listen",
+                admin_listen,
+                "must differ from `listen`: the admin API has its own listener",
+            ));
+        }
+
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./backstop-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "\"\"", "a directory path"));
+        }
+
+        let workers_configured = bounded("workers", raw.workers, limits::WORKERS)?;
+        let workers = match workers_configured {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::try_from(n).unwrap_or(1),
+        };
+
+        let issuer = match raw.issuer {
+            Some(issuer) => validate_issuer(&issuer)?,
+            None => format!("http://{listen}"),
+        };
+
+        let origin = match raw.primary.origin {
+            Some(origin) => validate_origin(&origin)?,
+            None => "http://127.0.0.1:9000".to_string(),
+        };
+
+        let limits = resolve_limits(&raw.limits)?;
+        let log = resolve_log(&raw.log)?;
+        let admin_token = resolve_admin_token(raw.admin_token_file.as_deref(), secrets)?;
+
+        Ok(Self {
+            listen,
+            admin_listen,
+            data_dir,
+            workers,
+            issuer,
+            primary: PrimaryConfig { origin },
+            limits,
+            log,
+            admin_token,
+        })
+    }
+}
+
+fn read_bounded(path: &Path, max_bytes: u64) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > max_bytes {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            size_bytes: meta.len(),
+            max_bytes,
+        });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
+}
+
+fn parse_addr(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?}"),
+            "an IP socket address such as \"127.0.0.1:8080\" or \"[::1]:8080\" (port 0 picks a free port)",
+        )
+    })
+}
+
+fn bounded(field: &'static str, value: Option<u64>, bound: Bound) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(bound.default);
+    if bound.allows(value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            value,
+            format!(
+                "must be between {} and {} (default {})",
+                bound.min, bound.max, bound.default
+            ),
+        ))
+    }
+}
+
+fn bounded_usize(
+    field: &'static str,
+    value: Option<u64>,
+    bound: Bound,
+) -> Result<usize, ConfigError> {
+    let v = bounded(field, value, bound)?;
+    usize::try_from(v).map_err(|_| ConfigError::invalid(field, v, "must fit this platform's usize"))
+}
+
+fn resolve_limits(raw: &RawLimits) -> Result<HttpLimits, ConfigError> {
+    let ms = |field, value, bound| bounded(field, value, bound).map(Duration::from_millis);
+    let limits = HttpLimits {
+        header_bytes_max: bounded_usize(
+            "limits.header_bytes_max",
+            raw.header_bytes_max,
+            limits::HEADER_BYTES,
+        )?,
+        header_count_max: bounded_usize(
+            "limits.header_count_max",
+            raw.header_count_max,
+            limits::HEADER_COUNT,
+        )?,
+        body_bytes_max: bounded(
+            "limits.body_bytes_max",
+            raw.body_bytes_max,
+            limits::BODY_BYTES,
+        )?,
+        request_line_bytes_max: bounded_usize(
+            "limits.request_line_bytes_max",
+            raw.request_line_bytes_max,
+            limits::REQUEST_LINE_BYTES,
+        )?,
+        keep_alive_idle: ms(
+            "limits.keep_alive_idle_ms",
+            raw.keep_alive_idle_ms,
+            limits::KEEP_ALIVE_IDLE_MS,
+        )?,
+        header_read_timeout: ms(
+            "limits.header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            limits::HEADER_READ_TIMEOUT_MS,
+        )?,
+        body_read_timeout: ms(
+            "limits.body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            limits::BODY_READ_TIMEOUT_MS,
+        )?,
+        connections_per_worker_max: bounded_usize(
+            "limits.connections_per_worker_max",
+            raw.connections_per_worker_max,
+            limits::CONNECTIONS_PER_WORKER,
+        )?,
+        shutdown_grace: ms(
+            "limits.shutdown_grace_ms",
+            raw.shutdown_grace_ms,
+            limits::SHUTDOWN_GRACE_MS,
+        )?,
+    };
+    if limits.request_line_bytes_max >= limits.header_bytes_max {
+        return Err(ConfigError::invalid(
+            "limits.request_line_bytes_max",
+            limits.request_line_bytes_max,
+            format!(
+                "must be smaller than limits.header_bytes_max ({}): the request line is part of the head",
+                limits.header_bytes_max
+            ),
+        ));
+    }
+    Ok(limits)
+}
+
+fn resolve_log(raw: &RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("{other:?}"),
+                "\"text\" or \"json\"",
+            ));
+        }
+    };
+    let level = raw.level.clone().unwrap_or_else(|| "info".to_string());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("{level:?}"),
+            format!("a tracing filter such as \"info\" or \"backstop=debug,warn\" ({e})"),
+        ));
+    }
+    Ok(LogConfig { format, level })
+}
+
+fn resolve_admin_token(
+    file: Option<&Path>,
+    secrets: &dyn SecretSource,
+) -> Result<Option<Secret>, ConfigError> {
+    // The environment wins over the file, so an operator can override a deployed file.
+    let (token, field) = match (secrets.env(ADMIN_TOKEN_ENV), file) {
+        (Some(value), _) => (value, ADMIN_TOKEN_ENV),
+        (None, Some(path)) => {
+            let text = secret::read_secret_file(path).map_err(|allowed| {
+                ConfigError::invalid("admin_token_file", path.display(), allowed)
+            })?;
+            (text, "admin_token_file")
+        }
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim().to_string();
+    let well_formed =
+        token.len() >= limits::ADMIN_TOKEN_CHARS_MIN && token.bytes().all(|b| b.is_ascii_graphic());
+    if !well_formed {
+        // Never echo the token itself, only its shape.
+        return Err(ConfigError::invalid(
+            if field == ADMIN_TOKEN_ENV {
+                "BACKSTOP_ADMIN_TOKEN (environment)"
+            } else {
+                "admin_token_file"
+            },
+            format!("<{} characters, redacted>", token.len()),
+            format!(
+                "an admin token of at least {} visible ASCII characters (e.g. `openssl rand -base64 32`)",
+                limits::ADMIN_TOKEN_CHARS_MIN
+            ),
+        ));
+    }
+    Ok(Some(Secret::new(token)))
+}
+
+fn validate_url(field: &'static str, value: &str) -> Result<hyper::Uri, ConfigError> {
+    let allowed = "an absolute http:// or https:// URL with a host, no query or fragment";
+    let uri: hyper::Uri = value
+        .parse()
+        .map_err(|_| ConfigError::invalid(field, format!("{value:?}"), allowed))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let has_host = uri.host().is_some_and(|h| !h.is_empty());
+    if !scheme_ok || !has_host || uri.query().is_some() || value.contains('#') {
+        return Err(ConfigError::invalid(field, format!("{value:?}"), allowed));
+    }
+    Ok(uri)
+}
+
+fn validate_issuer(value: &str) -> Result<String, ConfigError> {
+    let uri = validate_url("issuer", value)?;
+    // OIDC Discovery §3 requires https issuers; plain http is allowed only on loopback, for
+    // development and tests.
+    if uri.scheme_str() == Some("http") && !is_loopback_host(uri.host().unwrap_or_default()) {
+        return Err(ConfigError::invalid(
+            "issuer",
+            format!("{value:?}"),
+            "an https:// URL (http:// is allowed only for localhost / loopback addresses)",
+        ));
+    }
+    // Issuers are compared as exact strings by clients; a trailing slash is a different issuer.
+    Ok(value.to_string())
+}
+
+fn validate_origin(value: &str) -> Result<String, ConfigError> {
+    let uri = validate_url("primary.origin", value)?;
+    if !matches!(uri.path(), "" | "/") {
+        return Err(ConfigError::invalid(
+            "primary.origin",
+            format!("{value:?}"),
+            "an origin only (scheme, host and port), without a path",
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, String>);
+
+    impl SecretSource for FakeEnv {
+        fn env(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn no_env() -> FakeEnv {
+        FakeEnv(HashMap::new())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &no_env())
+    }
+
+    fn invalid_field(text: &str) -> &'static str {
+        match parse(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an Invalid error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_config_is_valid_and_has_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.data_dir, PathBuf::from("./backstop-data"));
+        assert!(config.workers >= 1);
+        assert_eq!(config.issuer, "http://127.0.0.1:8080");
+        assert_eq!(config.limits, HttpLimits::default());
+        assert_eq!(config.limits.body_bytes_max, limits::BODY_BYTES.default);
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn default_limits_equal_resolved_empty_table() {
+        assert_eq!(
+            resolve_limits(&RawLimits::default()).unwrap(),
+            HttpLimits::default()
+        );
+    }
+
+    #[test]
+    fn example_config_file_parses_to_the_defaults() {
+        let text = include_str!("../../backstop.example.toml");
+        let config = Config::parse(text, "backstop.example.toml", &no_env()).unwrap();
+        let defaults = parse("").unwrap();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.limits, defaults.limits);
+        assert_eq!(config.log, defaults.log);
+        assert_eq!(config.primary, defaults.primary);
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("admin_listen = \"1.2.3.4\"", "admin_listen"),
+            (
+                "listen = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"",
+                "admin_listen",
+            ),
+            ("workers = 5000", "workers"),
+            ("data_dir = \"\"", "data_dir"),
+            ("issuer = \"ftp://x\"", "issuer"),
+            ("issuer = \"http://idp.example.com\"", "issuer"),
+            ("issuer = \"https://idp.example.com?x=1\"", "issuer"),
+            ("[primary]\norigin = \"idp.internal\"", "primary.origin"),
+            (
+                "[primary]\norigin = \"https://idp.internal/oauth\"",
+                "primary.origin",
+            ),
+            ("[limits]\nbody_bytes_max = 0", "limits.body_bytes_max"),
+            (
+                "[limits]\nheader_bytes_max = 100",
+                "limits.header_bytes_max",
+            ),
+            (
+                "[limits]\nheader_count_max = 100000",
+                "limits.header_count_max",
+            ),
+            (
+                "[limits]\nkeep_alive_idle_ms = 1",
+                "limits.keep_alive_idle_ms",
+            ),
+            (
+                "[limits]\nheader_read_timeout_ms = 1",
+                "limits.header_read_timeout_ms",
+            ),
+            (
+                "[limits]\nbody_read_timeout_ms = 99999999",
+                "limits.body_read_timeout_ms",
+            ),
+            (
+                "[limits]\nconnections_per_worker_max = 0",
+                "limits.connections_per_worker_max",
+            ),
+            (
+                "[limits]\nshutdown_grace_ms = 9999999",
+                "limits.shutdown_grace_ms",
+            ),
+            (
+                "[limits]\nheader_bytes_max = 4096\nrequest_line_bytes_max = 8192",
+                "limits.request_line_bytes_max",
+            ),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"[[[\"", "log.level"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(invalid_field(text), field, "for config {text:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_error_message_names_field_value_and_allowed_range() {
+        let err = parse("[limits]\nbody_bytes_max = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.body_bytes_max"), "{err}");
+        assert!(err.contains("= 0"), "{err}");
+        assert!(err.contains("between 1024 and"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let err = parse("lisen = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = parse("[limits]\nbody_max = 1").unwrap_err().to_string();
+        assert!(err.contains("body_max"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_its_location() {
+        let err = parse("workers = \"four\"").unwrap_err().to_string();
+        assert!(err.contains("workers"), "{err}");
+        let err = parse("workers = -1").unwrap_err().to_string();
+        assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn workers_zero_means_one_per_core() {
+        let config = parse("workers = 0").unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.workers, cores);
+        assert_eq!(parse("workers = 3").unwrap().workers, 3);
+    }
+
+    #[test]
+    fn loopback_http_issuer_is_allowed_and_kept_verbatim() {
+        for issuer in [
+            "http://localhost:8080",
+            "http://127.0.0.1:1/tenant/",
+            "http://[::1]:8080",
+        ] {
+            let config = parse(&format!("issuer = \"{issuer}\"")).unwrap();
+            assert_eq!(config.issuer, issuer);
+        }
+        let config = parse("issuer = \"https://login.example.com/tenant/v2.0\"").unwrap();
+        assert_eq!(config.issuer, "https://login.example.com/tenant/v2.0");
+    }
+
+    #[test]
+    fn admin_token_comes_from_environment_and_is_redacted() {
+        let token = "s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+        let env = FakeEnv(HashMap::from([(ADMIN_TOKEN_ENV, token.to_string())]));
+        let config = Config::parse("", "t", &env).unwrap();
+        let secret = config.admin_token.unwrap();
+        assert!(secret.matches(token.as_bytes()));
+        assert!(!secret.matches(b"s3cr3t"));
+        assert!(!format!("{secret:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn short_admin_token_is_refused_without_echoing_it() {
+        let env = FakeEnv(HashMap::from([(ADMIN_TOKEN_ENV, "hunter2".to_string())]));
+        let err = Config::parse("", "t", &env).unwrap_err().to_string();
+        assert!(err.contains("BACKSTOP_ADMIN_TOKEN"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,333 @@
+//! One client connection: hyper's HTTP/1.1 state machine over a socket wrapper that tracks the
+//! connection's phase, and a watchdog that closes the connection when a phase lasts too long.
+//!
+//! hyper's own `header_read_timeout` starts as soon as a keep-alive connection goes idle, so it
+//! cannot tell "no new request for a minute" (fine) from "a request head trickling in for ten
+//! seconds" (slowloris). We disable it and keep our own phase instead: `Idle` until the first
+//! byte of a request arrives, `Head` until hyper hands the parsed head to the service, `Busy`
+//! until the service has answered. The watchdog applies the idle limit to `Idle`, the
+//! header-read limit to `Head`, and nothing to `Busy` (the body read has its own timeout in the
+//! router).
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::HttpLimits;
+use crate::metrics::{ConnectionEnd, WorkerMetrics};
+
+/// Where a connection is in its request cycle; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the next request since the instant given.
+    Idle(Instant),
+    /// Receiving a request head since the instant given.
+    Head(Instant),
+    /// A request is being served.
+    Busy,
+}
+
+/// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
+/// all on the same worker thread.
+#[derive(Debug)]
+pub(crate) struct PhaseCell(Cell<Phase>);
+
+impl PhaseCell {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self(Cell::new(Phase::Idle(now)))
+    }
+
+    pub(crate) fn get(&self) -> Phase {
+        self.0.get()
+    }
+
+    /// The service has the request head: the header-read clock stops.
+    pub(crate) fn request_started(&self) {
+        self.0.set(Phase::Busy);
+    }
+
+    /// The service has produced its response: the idle clock starts.
+    pub(crate) fn request_finished(&self) {
+        self.0.set(Phase::Idle(Instant::now()));
+    }
+
+    fn bytes_read(&self) {
+        if let Phase::Idle(_) = self.0.get() {
+            self.0.set(Phase::Head(Instant::now()));
+        }
+    }
+
+    fn bytes_written(&self) {
+        // Writing a response to a slow reader is activity, not idleness.
+        if let Phase::Idle(_) = self.0.get() {
+            self.0.set(Phase::Idle(Instant::now()));
+        }
+    }
+}
+
+/// A socket that reports reads and writes to the connection's phase.
+struct WatchedIo {
+    inner: TcpStream,
+    phase: Rc<PhaseCell>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.phase.bytes_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.phase.bytes_written();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.phase.bytes_written();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the current phase has outlasted its limit, with the reason.
+async fn watchdog(phase: &PhaseCell, limits: &HttpLimits) -> ConnectionEnd {
+    loop {
+        let (deadline, end) = match phase.get() {
+            Phase::Idle(since) => (
+                since + limits.keep_alive_idle,
+                Some(ConnectionEnd::IdleTimeout),
+            ),
+            Phase::Head(since) => (
+                since + limits.header_read_timeout,
+                Some(ConnectionEnd::HeaderTimeout),
+            ),
+            // A request in service is bounded by its own timeouts; look again later.
+            Phase::Busy => (Instant::now() + limits.header_read_timeout, None),
+        };
+        tokio::time::sleep_until(deadline).await;
+        // The phase may have moved on while we slept; only an unchanged phase has expired.
+        let still = match (phase.get(), end) {
+            (Phase::Idle(since), Some(ConnectionEnd::IdleTimeout)) => {
+                since + limits.keep_alive_idle <= Instant::now()
+            }
+            (Phase::Head(since), Some(ConnectionEnd::HeaderTimeout)) => {
+                since + limits.header_read_timeout <= Instant::now()
+            }
+            _ => false,
+        };
+        if let (true, Some(end)) = (still, end) {
+            return end;
+        }
+    }
+}
+
+/// The HTTP/1.1 settings derived from the limits. Built once per worker.
+pub(crate) fn http1_builder(limits: &HttpLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        // Our watchdog owns the header-read timeout; see the module docs.
+        .header_read_timeout(None)
+        .max_header_size(limits.header_bytes_max);
+    // hyper keeps up to 100 header slots on the stack and allocates per request for any other
+    // count, so we only override it when the operator asked for a different number.
+    if limits.header_count_max != HYPER_STACK_HEADERS {
+        builder.max_headers(limits.header_count_max);
+    }
+    builder
+}
+
+/// hyper's default (stack-allocated) header count.
+pub(crate) const HYPER_STACK_HEADERS: usize = 100;
+
+/// Serves one accepted connection until the client closes it, a limit closes it, or shutdown
+/// drains it. `service` is hyper's service for this connection, already bound to `phase`.
+pub(crate) async fn serve<S>(
+    stream: TcpStream,
+    phase: Rc<PhaseCell>,
+    builder: &http1::Builder,
+    service: S,
+    limits: &HttpLimits,
+    metrics: &WorkerMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+            Error = std::convert::Infallible,
+        >,
+{
+    // Token responses are small; waiting for Nagle would add a round trip of latency.
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        phase: phase.clone(),
+    });
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let dog = watchdog(&phase, limits);
+    let mut dog = std::pin::pin!(dog);
+
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    metrics.connection_ended(classify(&e));
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            end = dog.as_mut() => {
+                metrics.connection_ended(end);
+                tracing::debug!(reason = ?end, "connection closed by timeout");
+                return;
+            }
+            changed = shutdown.changed(), if !draining => {
+                // Either shutdown began, or the sender is gone (the server is stopping):
+                // finish the request in flight, then close.
+                let _ = changed;
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+fn classify(e: &hyper::Error) -> ConnectionEnd {
+    if e.is_parse_too_large() {
+        ConnectionEnd::HeadTooLarge
+    } else if e.is_parse() || e.is_parse_status() {
+        ConnectionEnd::Malformed
+    } else {
+        ConnectionEnd::Io
+    }
+}
+
+/// Best-effort answer to a connection refused at accept time, written without hyper so a
+/// flood of connections costs one small write each.
+pub(crate) fn refuse_over_limit(stream: &TcpStream) {
+    let _ = stream.try_write(OVER_LIMIT_RESPONSE);
+}
+
+const OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 25\r\n\
+\r\n\
+connection limit reached\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_limit_response_content_length_matches_its_body() {
+        let text = std::str::from_utf8(OVER_LIMIT_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_closes_an_idle_connection_after_the_idle_limit() {
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        let started = Instant::now();
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(started.elapsed(), limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_applies_the_header_limit_once_bytes_arrive() {
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.bytes_read();
+        let started = Instant::now();
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::HeaderTimeout);
+        assert_eq!(started.elapsed(), limits.header_read_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_never_fires_while_a_request_is_in_service() {
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.request_started();
+        let long = limits.keep_alive_idle * 10;
+        let fired = tokio::time::timeout(long, watchdog(&phase, &limits)).await;
+        assert!(fired.is_err(), "watchdog fired during a request: {fired:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_restarts_the_idle_clock() {
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let half = limits.keep_alive_idle / 2;
+        let p = phase.clone();
+        let writer = async move {
+            tokio::time::sleep(half).await;
+            p.bytes_written();
+        };
+        let started = Instant::now();
+        let (end, ()) = tokio::join!(watchdog(&phase, &limits), writer);
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(started.elapsed(), half + limits.keep_alive_idle);
+    }
+}

@@ -1,0 +1,422 @@
+//! The server: the only module that touches sockets, hyper and the clock.
+//!
+//! Thread per core: `workers` threads, each with its own tokio current-thread runtime and its
+//! own `SO_REUSEPORT` listener on the same address, so the kernel spreads connections across
+//! them and nothing is shared on the hot path but immutable state (`Shared`) and each worker's
+//! own metric cells. The main thread runs the admin listener and waits for SIGTERM/SIGINT;
+//! on a signal it flips `/readyz` to 503, tells every worker to stop accepting and to finish
+//! the requests in flight (bounded by `limits.shutdown_grace_ms`), then returns.
+
+// The clock is read only here, in `server/` (STYLE.md); everything below takes `now`.
+#![allow(clippy::disallowed_methods)]
+
+pub(crate) mod admin;
+pub(crate) mod conn;
+pub(crate) mod router;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::metrics::{ConnectionEnd, Registry};
+use conn::PhaseCell;
+use router::{HandlerCtx, Listener};
+
+/// Connections waiting in the kernel's accept queue, per listener.
+const ACCEPT_BACKLOG: i32 = 1024;
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} (config field `{field}`): {source}")]
+    Bind {
+        /// The config field naming the address.
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path} (config field `data_dir`): {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A runtime or thread could not be started.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What failed to start.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker thread ended abnormally.
+    #[error("worker thread {index} failed: {reason}")]
+    Worker {
+        /// The worker's index.
+        index: usize,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// State shared by all threads: immutable after start, except the draining flag.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) metrics: Registry,
+    pub(crate) started: Instant,
+    pub(crate) draining: AtomicBool,
+    pub(crate) public_addr: SocketAddr,
+}
+
+/// A server whose sockets are bound but which serves nothing yet.
+pub struct BoundServer {
+    shared: Arc<Shared>,
+    public: Vec<StdListener>,
+    admin: Option<StdListener>,
+}
+
+/// Binds every listener (so address errors surface before anything starts) and prepares the
+/// data directory.
+pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
+    prepare_data_dir(&config.data_dir)?;
+
+    // The first socket fixes the port (a configured port 0 becomes a free one); the other
+    // workers bind the same address with SO_REUSEPORT.
+    let first = reuseport_listener(config.listen).map_err(|source| ServerError::Bind {
+        field: "listen",
+        addr: config.listen,
+        source,
+    })?;
+    let public_addr = first.local_addr().map_err(|source| ServerError::Bind {
+        field: "listen",
+        addr: config.listen,
+        source,
+    })?;
+    let mut public = vec![first];
+    for _ in 1..config.workers {
+        let listener = reuseport_listener(public_addr).map_err(|source| ServerError::Bind {
+            field: "listen",
+            addr: public_addr,
+            source,
+        })?;
+        public.push(listener);
+    }
+
+    let admin = match config.admin_token {
+        Some(_) => {
+            Some(
+                plain_listener(config.admin_listen).map_err(|source| ServerError::Bind {
+                    field: "admin_listen",
+                    addr: config.admin_listen,
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        metrics: Registry::new(config.workers, env!("CARGO_PKG_VERSION")),
+        started: Instant::now(),
+        draining: AtomicBool::new(false),
+        public_addr,
+        config,
+    });
+    Ok(BoundServer {
+        shared,
+        public,
+        admin,
+    })
+}
+
+impl BoundServer {
+    /// The address the public listener is bound to.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.shared.public_addr
+    }
+
+    /// The address the admin listener is bound to; `None` when no admin token is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains and returns.
+    pub fn run(self) -> Result<(), ServerError> {
+        let BoundServer {
+            shared,
+            public,
+            admin,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let mut threads = Vec::with_capacity(public.len());
+        for (index, listener) in public.into_iter().enumerate() {
+            let shared = shared.clone();
+            let stop = stop_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("backstop-worker-{index}"))
+                .spawn(move || worker_main(index, listener, shared, stop))
+                .map_err(|source| ServerError::Start {
+                    what: format!("worker thread {index}"),
+                    source,
+                })?;
+            threads.push(thread);
+        }
+
+        tracing::info!(
+            listen = %shared.public_addr,
+            workers = shared.config.workers,
+            admin = admin.is_some(),
+            "backstop serving"
+        );
+        if admin.is_none() {
+            tracing::warn!(
+                "admin API disabled: set BACKSTOP_ADMIN_TOKEN or `admin_token_file` to enable it"
+            );
+        }
+
+        let control = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| ServerError::Start {
+                what: "control runtime".into(),
+                source,
+            })?;
+        let local = tokio::task::LocalSet::new();
+        let main_result = local.block_on(
+            &control,
+            control_main(shared.clone(), admin, stop_tx, stop_rx),
+        );
+
+        let mut first_error = main_result.err();
+        for (index, thread) in threads.into_iter().enumerate() {
+            let outcome = match thread.join() {
+                Ok(result) => result,
+                Err(_) => Err(ServerError::Worker {
+                    index,
+                    reason: "panicked".into(),
+                }),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "worker failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        // Durable state is flushed here once the store exists: every write the store has
+        // acknowledged is already on disk, so shutdown only has to close it.
+        tracing::info!("backstop stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The main thread: admin listener, signal handling, and the shutdown broadcast.
+async fn control_main(
+    shared: Arc<Shared>,
+    admin: Option<StdListener>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let admin_task = match admin {
+        Some(listener) => {
+            let listener =
+                TcpListener::from_std(listener).map_err(|source| ServerError::Start {
+                    what: "admin listener".into(),
+                    source,
+                })?;
+            Some(tokio::task::spawn_local(accept_loop(
+                listener,
+                Listener::Admin,
+                None,
+                shared.clone(),
+                stop_rx,
+            )))
+        }
+        None => None,
+    };
+
+    wait_for_signal().await?;
+    tracing::info!(
+        grace_ms =
+            u64::try_from(shared.config.limits.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
+        "shutdown requested: draining"
+    );
+    shared.draining.store(true, Ordering::Relaxed);
+    // Every receiver sees the change; a worker that already exited has dropped its receiver.
+    let _ = stop_tx.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let start_err = |source| ServerError::Start {
+        what: "signal handler".into(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(start_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(start_err)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+fn worker_main(
+    index: usize,
+    listener: StdListener,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Start {
+            what: format!("worker {index} runtime"),
+            source,
+        })?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Start {
+            what: format!("worker {index} listener"),
+            source,
+        })?;
+        accept_loop(listener, Listener::Public, Some(index), shared, stop).await;
+        Ok(())
+    })
+}
+
+/// Accepts connections until shutdown, then drains them within the grace period.
+async fn accept_loop(
+    listener: TcpListener,
+    kind: Listener,
+    worker: Option<usize>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ctx = Rc::new(HandlerCtx {
+        shared: shared.clone(),
+        listener: kind,
+        worker,
+    });
+    let limits = shared.config.limits;
+    let builder = Rc::new(conn::http1_builder(&limits));
+    let mut connections = JoinSet::new();
+
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            // Reap finished connection tasks so the set stays as small as the open count.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    if connections.len() >= limits.connections_per_worker_max {
+                        ctx.metrics().connection_ended(ConnectionEnd::OverLimit);
+                        conn::refuse_over_limit(&stream);
+                        continue;
+                    }
+                    ctx.metrics().connection_opened();
+                    let ctx = ctx.clone();
+                    let builder = builder.clone();
+                    let stop = stop.clone();
+                    connections.spawn_local(async move {
+                        let phase = Rc::new(PhaseCell::new(tokio::time::Instant::now()));
+                        let service = {
+                            let ctx = ctx.clone();
+                            let phase = phase.clone();
+                            hyper::service::service_fn(move |req| {
+                                router::handle(req, ctx.clone(), phase.clone())
+                            })
+                        };
+                        conn::serve(stream, phase, &builder, service, &limits, ctx.metrics(), stop).await;
+                        ctx.metrics().connection_closed();
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE/ENFILE: back off briefly instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+
+    // Stop accepting at once: new connections go to a peer node (or get refused) while we drain.
+    drop(listener);
+    let deadline = tokio::time::sleep(limits.shutdown_grace);
+    let mut deadline = std::pin::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = connections.join_next() => {
+                if next.is_none() {
+                    break;
+                }
+            }
+            () = deadline.as_mut() => {
+                let left = connections.len();
+                tracing::warn!(connections = left, "grace period over: closing connections still in flight");
+                for _ in 0..left {
+                    ctx.metrics().connection_ended(ConnectionEnd::ShutdownDeadline);
+                    ctx.metrics().connection_closed();
+                }
+                connections.abort_all();
+                break;
+            }
+        }
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn plain_listener(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn prepare_data_dir(path: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Ok(());
+    }
+    // Keys and deployment secrets will live here: owner-only from the start.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)
+}

@@ -1,0 +1,228 @@
+//! Request handling: the front door every request passes (request-line and body limits), then
+//! routing to the public endpoints or, on the admin listener, the authenticated admin API.
+//!
+//! The front door reads the whole body, bounded in size and time, before routing: every
+//! endpoint backstop intercepts needs the complete form anyway, and a body that never ends must
+//! not hold a worker's memory or a connection slot forever.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::Shared;
+use super::conn::PhaseCell;
+use crate::config::HttpLimits;
+use crate::metrics::{Route, WorkerMetrics};
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The public listener: token endpoint, health, metrics.
+    Public,
+    /// The admin listener: bearer-authenticated operator API.
+    Admin,
+}
+
+/// What a worker's request handler needs, shared by its connections on one thread.
+pub(crate) struct HandlerCtx {
+    pub(crate) shared: std::sync::Arc<Shared>,
+    pub(crate) listener: Listener,
+    /// This thread's worker index; `None` on the admin listener's thread.
+    pub(crate) worker: Option<usize>,
+}
+
+impl HandlerCtx {
+    /// This thread's metrics slot (each thread writes only its own).
+    pub(crate) fn metrics(&self) -> &WorkerMetrics {
+        let registry = &self.shared.metrics;
+        self.worker
+            .and_then(|i| registry.worker(i))
+            .unwrap_or_else(|| registry.admin())
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    ctx: Rc<HandlerCtx>,
+    phase: Rc<PhaseCell>,
+) -> Result<Reply, Infallible> {
+    phase.request_started();
+    let started = Instant::now();
+    let (route, mut reply) = front_door(req, &ctx).await;
+    if reply.status().is_client_error() && must_close(reply.status()) {
+        // The rest of this connection's input cannot be trusted to be a new request.
+        reply
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let elapsed = started.elapsed();
+    ctx.metrics()
+        .record_request(route, reply.status().as_u16(), elapsed);
+    tracing::debug!(
+        route = route.label(),
+        status = reply.status().as_u16(),
+        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    phase.request_finished();
+    Ok(reply)
+}
+
+fn must_close(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+    )
+}
+
+async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx) -> (Route, Reply) {
+    let limits = &ctx.shared.config.limits;
+    let (parts, body) = req.into_parts();
+    let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let route = match ctx.listener {
+        Listener::Public => public_route(parts.uri.path()),
+        Listener::Admin => Route::Admin,
+    };
+    if target_bytes > limits.request_line_bytes_max {
+        return (
+            route,
+            text(StatusCode::URI_TOO_LONG, "request target too long\n"),
+        );
+    }
+    let body = match read_body(&parts.headers, body, limits, body_limit(ctx)).await {
+        Ok(body) => body,
+        Err(reply) => return (route, reply),
+    };
+    let reply = match ctx.listener {
+        Listener::Public => public(route, &parts.method, ctx),
+        Listener::Admin => super::admin::handle(&parts, &body, &ctx.shared),
+    };
+    (route, reply)
+}
+
+fn body_limit(ctx: &HandlerCtx) -> u64 {
+    match ctx.listener {
+        Listener::Public => ctx.shared.config.limits.body_bytes_max,
+        Listener::Admin => crate::limits::ADMIN_BODY_BYTES_MAX,
+    }
+}
+
+/// Reads a whole request body, at most `max_bytes` and within the body-read timeout.
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    limits: &HttpLimits,
+    max_bytes: u64,
+) -> Result<Bytes, Reply> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    if let Some(len) = declared.and_then(|v| v.parse::<u64>().ok()) {
+        // Refuse before reading a byte: the client said how much it will send.
+        if len > max_bytes {
+            return Err(too_large(max_bytes));
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+    }
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(limits.body_read_timeout, collect).await {
+        Err(_elapsed) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max_bytes)),
+        Ok(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "malformed request body\n")),
+    }
+}
+
+fn too_large(max_bytes: u64) -> Reply {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body larger than {max_bytes} bytes\n"),
+    )
+}
+
+fn public_route(path: &str) -> Route {
+    match path {
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        _ => Route::NotFound,
+    }
+}
+
+fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
+    let shared = &ctx.shared;
+    if route != Route::NotFound && !matches!(*method, Method::GET | Method::HEAD) {
+        let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        reply
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return reply;
+    }
+    match route {
+        // Liveness: this worker's event loop answers.
+        Route::Healthz => text(StatusCode::OK, "ok\n"),
+        // Readiness: started, and not draining for shutdown.
+        Route::Readyz => {
+            if shared.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        Route::Metrics => {
+            let body = shared.metrics.render(shared.started.elapsed());
+            let mut reply = Response::new(Full::new(Bytes::from(body)));
+            reply.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            no_store(reply)
+        }
+        Route::NotFound | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A plain-text response that caches must not keep.
+pub(crate) fn text(status: StatusCode, body: &str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    no_store(reply)
+}
+
+/// A JSON response that caches must not keep.
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    no_store(reply)
+}
+
+fn no_store(mut reply: Reply) -> Reply {
+    reply
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
