@@ -1,0 +1,115 @@
+//! End-to-end tests of the command line: config validation exit codes and messages, help.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+// End-to-end tests measure wall-clock time on purpose.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{run, temp_file};
+
+#[test]
+fn serve_with_invalid_config_exits_2_naming_the_field_value_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(dir.path(), "bad.toml", "[limits]\nbody_bytes_max = 0\n");
+    let (code, _, stderr) = run(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert!(stderr.contains("limits.body_bytes_max"), "{stderr}");
+    assert!(stderr.contains("= 0"), "{stderr}");
+    assert!(stderr.contains("between"), "{stderr}");
+}
+
+#[test]
+fn serve_with_unknown_field_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(dir.path(), "typo.toml", "listn = \"127.0.0.1:1\"\n");
+    let (code, _, stderr) = run(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("listn"), "{stderr}");
+}
+
+#[test]
+fn serve_with_missing_config_file_exits_2_naming_the_file() {
+    let (code, _, stderr) = run(&["serve", "--config", "/nonexistent/backstop.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent/backstop.toml"), "{stderr}");
+}
+
+#[test]
+fn serve_with_short_admin_token_exits_2_without_echoing_it() {
+    let (code, _, stderr) = run(
+        &["check-config", "/dev/null"],
+        &[("BACKSTOP_ADMIN_TOKEN", "short-secret")],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("BACKSTOP_ADMIN_TOKEN"), "{stderr}");
+    assert!(!stderr.contains("short-secret"), "{stderr}");
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/backstop.example.toml");
+    let (code, stdout, stderr) = run(&["check-config", example], &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("config OK"), "{stdout}");
+    assert!(
+        stdout.contains("listen         = 127.0.0.1:8080"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_rejects_a_bad_issuer_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(
+        dir.path(),
+        "b.toml",
+        "issuer = \"http://idp.example.com\"\n",
+    );
+    let (code, _, stderr) = run(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`issuer`"), "{stderr}");
+    assert!(stderr.contains("https://"), "{stderr}");
+}
+
+#[test]
+fn serve_reports_an_address_in_use_with_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\n",
+            dir.path().join("d").display()
+        ),
+    );
+    let (code, _, stderr) = run(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "stderr: {stderr}");
+    assert!(stderr.contains("`listen`"), "{stderr}");
+}
+
+#[test]
+fn version_and_help_describe_the_commands() {
+    let (code, stdout, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("backstop "));
+    let (code, stdout, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for cmd in [
+        "serve",
+        "check-config",
+        "demo",
+        "keygen",
+        "inspect",
+        "Examples:",
+    ] {
+        assert!(stdout.contains(cmd), "help lacks {cmd}: {stdout}");
+    }
+}
