@@ -9,6 +9,7 @@
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod protocol;
 pub mod server;
 
 #[doc(hidden)]

@@ -133,6 +133,32 @@ const _: () = {
 };
 
 // ---------------------------------------------------------------------------------------------
+// OAuth protocol parsing (issue 5). Fixed: a token request that needs more is not one.
+// ---------------------------------------------------------------------------------------------
+
+/// Parameters in one form-encoded request body.
+pub const FORM_FIELDS_MAX: usize = 32;
+
+/// Bytes of one form parameter name, after percent-decoding.
+pub const FORM_NAME_BYTES_MAX: usize = 64;
+
+/// Bytes of one form parameter value, after percent-decoding. Large enough for a signed
+/// `client_assertion` JWT with an embedded certificate chain, nothing more.
+pub const FORM_VALUE_BYTES_MAX: usize = 16 * 1024;
+
+/// Bytes of a client_id or client secret.
+pub const CLIENT_CREDENTIAL_BYTES_MAX: usize = 1024;
+
+/// Repeated `resource` parameters (RFC 8707 allows several) in one request.
+pub const RESOURCES_PER_REQUEST_MAX: usize = 8;
+
+const _: () = {
+    assert!(FORM_VALUE_BYTES_MAX as u64 <= BODY_BYTES.default);
+    assert!(CLIENT_CREDENTIAL_BYTES_MAX <= FORM_VALUE_BYTES_MAX);
+    assert!(RESOURCES_PER_REQUEST_MAX < FORM_FIELDS_MAX);
+};
+
+// ---------------------------------------------------------------------------------------------
 // Store (issue 3): append store limits below this line.
 // ---------------------------------------------------------------------------------------------
 

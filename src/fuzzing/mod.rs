@@ -1,2 +1,33 @@
 //! Entry points for the cargo-fuzz targets in `fuzz/`: each takes arbitrary bytes and drives
 //! one parser of outside input. Hidden from the docs; not part of the public API.
+
+/// Token-endpoint request: the form body and an `Authorization` header, split at the first
+/// newline of the input.
+pub fn token_request(data: &[u8]) {
+    use crate::protocol::{Form, REPEATABLE, TokenRequest};
+    let (auth, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (data.get(..i), data.get(i + 1..).unwrap_or_default()),
+        None => (None, data),
+    };
+    if let Ok(form) = Form::parse(body, REPEATABLE) {
+        if let Err(e) = TokenRequest::parse(&form, auth) {
+            // The error body must always be valid JSON, whatever the description.
+            let json = e.code.to_json(&e.description);
+            assert!(json.starts_with("{\"error\":\"") && json.ends_with('}'));
+        }
+    }
+}
+
+/// Configuration file text.
+pub fn config_toml(data: &[u8]) {
+    use crate::config::{Config, SecretSource};
+    struct NoEnv;
+    impl SecretSource for NoEnv {
+        fn env(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Config::parse(text, "fuzz", &NoEnv);
+    }
+}
