@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod failover;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
