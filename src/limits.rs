@@ -133,6 +133,82 @@ const _: () = {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Upstream (the primary) and the circuit breaker (issue 5). Configurable under `[primary]` and
+// `[failover]`.
+// ---------------------------------------------------------------------------------------------
+
+/// Milliseconds to establish a connection (TCP and TLS) to the primary.
+pub const UPSTREAM_CONNECT_TIMEOUT_MS: Bound = Bound {
+    min: 10,
+    max: 60_000,
+    default: 1_000,
+};
+
+/// Milliseconds from sending a request to the primary to its response head. A client waits
+/// this long before the backup answers, until the breaker opens: keep it short.
+pub const UPSTREAM_REQUEST_TIMEOUT_MS: Bound = Bound {
+    min: 50,
+    max: 120_000,
+    default: 3_000,
+};
+
+/// Consecutive unexpected upstream failures (per worker) that open the breaker.
+pub const BREAKER_CONSECUTIVE_FAILURES: Bound = Bound {
+    min: 1,
+    max: 1_000,
+    default: 5,
+};
+
+/// Forwarded requests in the breaker's sliding window (per worker).
+pub const BREAKER_WINDOW_LEN: Bound = Bound {
+    min: 1,
+    max: 64,
+    default: 20,
+};
+
+/// Failures within the window that open the breaker.
+pub const BREAKER_WINDOW_FAILURES: Bound = Bound {
+    min: 1,
+    max: 64,
+    default: 10,
+};
+
+/// Milliseconds the breaker stays open before its first probe.
+pub const BREAKER_OPEN_INITIAL_MS: Bound = Bound {
+    min: 10,
+    max: 600_000,
+    default: 1_000,
+};
+
+/// Cap on the open time as failed probes double it.
+pub const BREAKER_OPEN_MAX_MS: Bound = Bound {
+    min: 10,
+    max: 3_600_000,
+    default: 60_000,
+};
+
+/// Bytes of a primary response body that backstop buffers (token responses it must read).
+pub const UPSTREAM_BUFFERED_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Idle pooled connections kept per worker to the primary.
+pub const UPSTREAM_POOL_IDLE_PER_WORKER: usize = 64;
+
+const _: () = {
+    assert!(UPSTREAM_CONNECT_TIMEOUT_MS.is_coherent());
+    assert!(UPSTREAM_REQUEST_TIMEOUT_MS.is_coherent());
+    assert!(BREAKER_CONSECUTIVE_FAILURES.is_coherent());
+    assert!(BREAKER_WINDOW_LEN.is_coherent());
+    assert!(BREAKER_WINDOW_FAILURES.is_coherent());
+    assert!(BREAKER_OPEN_INITIAL_MS.is_coherent());
+    assert!(BREAKER_OPEN_MAX_MS.is_coherent());
+    // The connect timeout must fire before the request timeout, so a refused or unreachable
+    // primary is classified as a clean connect failure, not an ambiguous timeout.
+    assert!(UPSTREAM_CONNECT_TIMEOUT_MS.default < UPSTREAM_REQUEST_TIMEOUT_MS.default);
+    assert!(BREAKER_WINDOW_FAILURES.default <= BREAKER_WINDOW_LEN.default);
+    assert!(BREAKER_OPEN_INITIAL_MS.default <= BREAKER_OPEN_MAX_MS.default);
+};
+
+// ---------------------------------------------------------------------------------------------
 // OAuth protocol parsing (issue 5). Fixed: a token request that needs more is not one.
 // ---------------------------------------------------------------------------------------------
 

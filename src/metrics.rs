@@ -22,8 +22,8 @@ pub enum Route {
     Readyz,
     /// `GET /metrics`.
     Metrics,
-    /// Anything the router does not know.
-    NotFound,
+    /// Forwarded to the primary (everything backstop does not answer itself).
+    Proxy,
     /// The admin API (served on its own listener).
     Admin,
 }
@@ -34,7 +34,7 @@ impl Route {
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
-        Route::NotFound,
+        Route::Proxy,
         Route::Admin,
     ];
 
@@ -44,7 +44,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
-            Route::NotFound => "not_found",
+            Route::Proxy => "proxy",
             Route::Admin => "admin",
         }
     }
@@ -128,6 +128,83 @@ impl ConnectionEnd {
 
 const END_COUNT: usize = ConnectionEnd::ALL.len();
 
+/// How a request forwarded to the primary ended: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// A definitive answer (any status the primary means, 4xx included).
+    Answered,
+    /// No connection could be made.
+    Connect,
+    /// 503 from the primary.
+    Unavailable,
+    /// 500, 502 or 504 from the primary or a gateway in front of it.
+    ServerError,
+    /// No response head in time.
+    Timeout,
+    /// The connection broke after the request was sent.
+    Reset,
+    /// An answer that is not valid HTTP.
+    Garbage,
+}
+
+impl UpstreamOutcome {
+    const ALL: [UpstreamOutcome; 7] = [
+        UpstreamOutcome::Answered,
+        UpstreamOutcome::Connect,
+        UpstreamOutcome::Unavailable,
+        UpstreamOutcome::ServerError,
+        UpstreamOutcome::Timeout,
+        UpstreamOutcome::Reset,
+        UpstreamOutcome::Garbage,
+    ];
+
+    const fn label(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Answered => "answered",
+            UpstreamOutcome::Connect => "connect",
+            UpstreamOutcome::Unavailable => "unavailable",
+            UpstreamOutcome::ServerError => "server_error",
+            UpstreamOutcome::Timeout => "timeout",
+            UpstreamOutcome::Reset => "reset",
+            UpstreamOutcome::Garbage => "garbage",
+        }
+    }
+}
+
+const OUTCOME_COUNT: usize = UpstreamOutcome::ALL.len();
+
+/// Why a request was refused because the primary could not be used: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutageRefusal {
+    /// The worker's breaker was open or half-open.
+    BreakerOpen,
+    /// The operator forced outage mode.
+    Forced,
+    /// Forwarding this request failed.
+    UpstreamFailed,
+}
+
+impl OutageRefusal {
+    const ALL: [OutageRefusal; 3] = [
+        OutageRefusal::BreakerOpen,
+        OutageRefusal::Forced,
+        OutageRefusal::UpstreamFailed,
+    ];
+
+    const fn label(self) -> &'static str {
+        match self {
+            OutageRefusal::BreakerOpen => "breaker_open",
+            OutageRefusal::Forced => "forced_outage",
+            OutageRefusal::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+const REFUSAL_COUNT: usize = OutageRefusal::ALL.len();
+
+/// Breaker states by published code (see `server::gate`): closed, open, half-open.
+const BREAKER_STATE_LABELS: [&str; 3] = ["closed", "open", "half_open"];
+
 /// A counter with exactly one writing thread. Readers on other threads may lag, never tear.
 #[derive(Debug, Default)]
 struct Cell(AtomicU64);
@@ -165,6 +242,10 @@ pub struct WorkerMetrics {
     connections_accepted: Cell,
     connections_open: Cell,
     connection_ends: [Cell; END_COUNT],
+    upstream: [Cell; OUTCOME_COUNT],
+    upstream_ambiguous: Cell,
+    outage_refusals: [Cell; REFUSAL_COUNT],
+    breaker_transitions: [Cell; BREAKER_STATE_LABELS.len()],
 }
 
 impl Default for WorkerMetrics {
@@ -176,6 +257,10 @@ impl Default for WorkerMetrics {
             connections_accepted: Cell::default(),
             connections_open: Cell::default(),
             connection_ends: cells(),
+            upstream: cells(),
+            upstream_ambiguous: Cell::default(),
+            outage_refusals: cells(),
+            breaker_transitions: cells(),
         }
     }
 }
@@ -217,6 +302,32 @@ impl WorkerMetrics {
     /// Records why a connection ended abnormally.
     pub fn connection_ended(&self, end: ConnectionEnd) {
         if let Some(c) = self.connection_ends.get(end as usize) {
+            c.add(1);
+        }
+    }
+
+    /// Records how a forwarded request ended; `ambiguous` when the primary may have acted on
+    /// it before failing.
+    pub fn upstream_outcome(&self, outcome: UpstreamOutcome, ambiguous: bool) {
+        if let Some(c) = self.upstream.get(outcome as usize) {
+            c.add(1);
+        }
+        if ambiguous {
+            self.upstream_ambiguous.add(1);
+        }
+    }
+
+    /// Records a request refused because the primary could not be used.
+    pub fn outage_refusal(&self, reason: OutageRefusal) {
+        if let Some(c) = self.outage_refusals.get(reason as usize) {
+            c.add(1);
+        }
+    }
+
+    /// Records a breaker transition into the state with this code (0 closed, 1 open,
+    /// 2 half-open).
+    pub fn breaker_transition(&self, to_code: u8) {
+        if let Some(c) = self.breaker_transitions.get(usize::from(to_code)) {
             c.add(1);
         }
     }
@@ -399,6 +510,57 @@ impl Registry {
                 end.label()
             )?;
         }
+        writeln!(
+            out,
+            "# HELP backstop_upstream_requests_total Requests forwarded to the primary, by outcome."
+        )?;
+        writeln!(out, "# TYPE backstop_upstream_requests_total counter")?;
+        for outcome in UpstreamOutcome::ALL {
+            let n = self.sum(|w| w.upstream.get(outcome as usize).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_upstream_requests_total{{outcome=\"{}\"}} {n}",
+                outcome.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_upstream_ambiguous_failures_total Failures after the primary may have acted on the request (a rotated refresh token may be lost)."
+        )?;
+        writeln!(
+            out,
+            "# TYPE backstop_upstream_ambiguous_failures_total counter"
+        )?;
+        writeln!(
+            out,
+            "backstop_upstream_ambiguous_failures_total {}",
+            self.sum(|w| w.upstream_ambiguous.get())
+        )?;
+        writeln!(
+            out,
+            "# HELP backstop_outage_refusals_total Requests refused with 503 because the primary could not be used, by reason."
+        )?;
+        writeln!(out, "# TYPE backstop_outage_refusals_total counter")?;
+        for reason in OutageRefusal::ALL {
+            let n = self.sum(|w| w.outage_refusals.get(reason as usize).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_outage_refusals_total{{reason=\"{}\"}} {n}",
+                reason.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_breaker_transitions_total Circuit-breaker transitions (all workers), by new state."
+        )?;
+        writeln!(out, "# TYPE backstop_breaker_transitions_total counter")?;
+        for (code, label) in BREAKER_STATE_LABELS.iter().enumerate() {
+            let n = self.sum(|w| w.breaker_transitions.get(code).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_breaker_transitions_total{{to=\"{label}\"}} {n}"
+            )?;
+        }
         Ok(())
     }
 }
@@ -429,14 +591,14 @@ mod tests {
         registry
             .worker(1)
             .unwrap()
-            .record_request(Route::NotFound, 404, Duration::from_millis(2));
+            .record_request(Route::Proxy, 404, Duration::from_millis(2));
         let text = registry.render(Duration::from_secs(1));
         assert!(
             text.contains("backstop_http_requests_total{route=\"healthz\",status=\"200\"} 2\n"),
             "{text}"
         );
         assert!(
-            text.contains("backstop_http_requests_total{route=\"not_found\",status=\"404\"} 1\n"),
+            text.contains("backstop_http_requests_total{route=\"proxy\",status=\"404\"} 1\n"),
             "{text}"
         );
         assert!(

@@ -28,7 +28,10 @@ fn healthz_and_readyz_answer_200() {
     assert_eq!(health.text(), "ok\n");
     assert_eq!(health.header("cache-control"), Some("no-store"));
     assert_eq!(get(server.addr, "/readyz").status, 200);
-    assert_eq!(get(server.addr, "/no/such/route").status, 404);
+    // Anything else is forwarded to the primary, which is down here: 503, never a 404.
+    let other = get(server.addr, "/no/such/route");
+    assert_eq!(other.status, 503);
+    assert!(other.header("retry-after").is_some());
 }
 
 #[test]
@@ -92,7 +95,7 @@ fn metrics_are_valid_prometheus_text_with_request_counts() {
     assert_eq!(
         value_of(
             "backstop_http_requests_total",
-            &[("route", "not_found"), ("status", "404")]
+            &[("route", "proxy"), ("status", "503")]
         ),
         1.0
     );
@@ -195,8 +198,8 @@ fn body_within_limit_is_accepted() {
         format!("POST /unknown HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\n\r\n{body}")
             .as_bytes(),
     );
-    // Routed normally once the body is in: the route does not exist.
-    assert_eq!(conn.read_reply().unwrap().status, 404);
+    // Routed normally once the body is in: forwarded to the primary, which is down.
+    assert_eq!(conn.read_reply().unwrap().status, 503);
     assert_eq!(conn.get("/healthz").status, 200);
 }
 
@@ -330,7 +333,8 @@ fn sigterm_completes_the_request_in_flight_and_exits_0() {
     let reply = conn
         .read_reply()
         .expect("the in-flight request is answered");
-    assert_eq!(reply.status, 404);
+    // Answered in full (by the outage path: the primary is down in this test).
+    assert_eq!(reply.status, 503);
     let status = server
         .wait_exit(Duration::from_secs(5))
         .expect("exits after draining");
@@ -398,8 +402,8 @@ fn admin_api_requires_the_bearer_token() {
     let status: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(status["ready"], true);
     assert_eq!(status["listen"], server.addr.to_string());
-    // The public listener does not serve the admin API.
-    assert_eq!(get(server.addr, "/admin/status").status, 404);
+    // The public listener does not serve the admin API: the path goes to the primary.
+    assert_eq!(get(server.addr, "/admin/status").status, 503);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::failover::{BreakerConfig, BreakerConfigError};
 use crate::limits::{self, Bound};
 
 pub use secret::Secret;
@@ -92,12 +93,28 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    failover: RawFailover,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrimary {
     origin: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    ca_file: Option<PathBuf>,
+    probe_path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    consecutive_failures_max: Option<u64>,
+    window_len: Option<u64>,
+    window_failures_max: Option<u64>,
+    open_initial_ms: Option<u64>,
+    open_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +157,8 @@ pub struct Config {
     pub limits: HttpLimits,
     /// Logging.
     pub log: LogConfig,
+    /// Circuit-breaker thresholds (each worker runs its own breaker with these).
+    pub failover: BreakerConfig,
     /// Bearer token for the admin API; `None` disables the admin API.
     pub admin_token: Option<Secret>,
 }
@@ -149,6 +168,14 @@ pub struct Config {
 pub struct PrimaryConfig {
     /// Origin URL (scheme, host, port), e.g. `https://idp.internal:8443`.
     pub origin: String,
+    /// Time allowed to connect (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request to receiving the response head.
+    pub request_timeout: Duration,
+    /// Extra PEM CA certificates trusted for an https origin, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Path the half-open breaker probes with a GET (the discovery document by default).
+    pub probe_path: String,
 }
 
 /// Limits on what clients may send, resolved from `[limits]` and `limits.rs`.
@@ -286,9 +313,11 @@ impl Config {
         };
 
         let origin = match raw.primary.origin {
-            Some(origin) => validate_origin(&origin)?,
+            Some(ref origin) => validate_origin(origin)?,
             None => "http://127.0.0.1:9000".to_string(),
         };
+        let primary = resolve_primary(origin, &raw.primary)?;
+        let failover = resolve_failover(&raw.failover)?;
 
         let limits = resolve_limits(&raw.limits)?;
         let log = resolve_log(&raw.log)?;
@@ -300,9 +329,10 @@ impl Config {
             data_dir,
             workers,
             issuer,
-            primary: PrimaryConfig { origin },
+            primary,
             limits,
             log,
+            failover,
             admin_token,
         })
     }
@@ -419,6 +449,114 @@ fn resolve_limits(raw: &RawLimits) -> Result<HttpLimits, ConfigError> {
         ));
     }
     Ok(limits)
+}
+
+fn resolve_primary(origin: String, raw: &RawPrimary) -> Result<PrimaryConfig, ConfigError> {
+    let connect_timeout = Duration::from_millis(bounded(
+        "primary.connect_timeout_ms",
+        raw.connect_timeout_ms,
+        limits::UPSTREAM_CONNECT_TIMEOUT_MS,
+    )?);
+    let request_timeout = Duration::from_millis(bounded(
+        "primary.request_timeout_ms",
+        raw.request_timeout_ms,
+        limits::UPSTREAM_REQUEST_TIMEOUT_MS,
+    )?);
+    if connect_timeout >= request_timeout {
+        return Err(ConfigError::invalid(
+            "primary.connect_timeout_ms",
+            connect_timeout.as_millis(),
+            format!(
+                "must be smaller than primary.request_timeout_ms ({}), so that an unreachable \
+                 primary counts as a clean connect failure rather than an ambiguous timeout",
+                request_timeout.as_millis()
+            ),
+        ));
+    }
+    if let Some(path) = &raw.ca_file {
+        if !path.is_file() {
+            return Err(ConfigError::invalid(
+                "primary.ca_file",
+                path.display(),
+                "a readable PEM file of CA certificates",
+            ));
+        }
+    }
+    let probe_path = raw
+        .probe_path
+        .clone()
+        .unwrap_or_else(|| "/.well-known/openid-configuration".into());
+    if !probe_path.starts_with('/')
+        || probe_path
+            .parse::<hyper::http::uri::PathAndQuery>()
+            .is_err()
+    {
+        return Err(ConfigError::invalid(
+            "primary.probe_path",
+            format!("{probe_path:?}"),
+            "an absolute path such as \"/.well-known/openid-configuration\"",
+        ));
+    }
+    Ok(PrimaryConfig {
+        origin,
+        connect_timeout,
+        request_timeout,
+        ca_file: raw.ca_file.clone(),
+        probe_path,
+    })
+}
+
+fn resolve_failover(raw: &RawFailover) -> Result<BreakerConfig, ConfigError> {
+    let u32_of = |field, value, bound| {
+        bounded(field, value, bound).map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+    };
+    let config = BreakerConfig {
+        consecutive_failures_max: u32_of(
+            "failover.consecutive_failures_max",
+            raw.consecutive_failures_max,
+            limits::BREAKER_CONSECUTIVE_FAILURES,
+        )?,
+        window_len: u32_of(
+            "failover.window_len",
+            raw.window_len,
+            limits::BREAKER_WINDOW_LEN,
+        )?,
+        window_failures_max: u32_of(
+            "failover.window_failures_max",
+            raw.window_failures_max,
+            limits::BREAKER_WINDOW_FAILURES,
+        )?,
+        open_initial: Duration::from_millis(bounded(
+            "failover.open_initial_ms",
+            raw.open_initial_ms,
+            limits::BREAKER_OPEN_INITIAL_MS,
+        )?),
+        open_max: Duration::from_millis(bounded(
+            "failover.open_max_ms",
+            raw.open_max_ms,
+            limits::BREAKER_OPEN_MAX_MS,
+        )?),
+    };
+    config.validate().map_err(|e| {
+        let (field, value) = match e {
+            BreakerConfigError::WindowFailures { max, .. } => {
+                ("failover.window_failures_max", max.to_string())
+            }
+            BreakerConfigError::OpenMax => (
+                "failover.open_max_ms",
+                config.open_max.as_millis().to_string(),
+            ),
+            BreakerConfigError::WindowLen(len) => ("failover.window_len", len.to_string()),
+            BreakerConfigError::ZeroThreshold("window_failures_max") => {
+                ("failover.window_failures_max", "0".to_string())
+            }
+            BreakerConfigError::ZeroThreshold(_) => {
+                ("failover.consecutive_failures_max", "0".to_string())
+            }
+        };
+        ConfigError::invalid(field, value, e.to_string())
+    })?;
+    Ok(config)
 }
 
 fn resolve_log(raw: &RawLog) -> Result<LogConfig, ConfigError> {
@@ -586,6 +724,8 @@ mod tests {
         assert_eq!(config.limits, defaults.limits);
         assert_eq!(config.log, defaults.log);
         assert_eq!(config.primary, defaults.primary);
+        assert_eq!(config.failover, defaults.failover);
+        assert_eq!(config.failover, BreakerConfig::default());
     }
 
     #[test]
@@ -641,6 +781,32 @@ mod tests {
                 "limits.request_line_bytes_max",
             ),
             ("[log]\nformat = \"xml\"", "log.format"),
+            (
+                "[primary]\nconnect_timeout_ms = 5000\nrequest_timeout_ms = 1000",
+                "primary.connect_timeout_ms",
+            ),
+            (
+                "[primary]\nrequest_timeout_ms = 1",
+                "primary.request_timeout_ms",
+            ),
+            (
+                "[primary]\nca_file = \"/nonexistent/ca.pem\"",
+                "primary.ca_file",
+            ),
+            ("[primary]\nprobe_path = \"health\"", "primary.probe_path"),
+            ("[failover]\nwindow_len = 65", "failover.window_len"),
+            (
+                "[failover]\nwindow_len = 10\nwindow_failures_max = 11",
+                "failover.window_failures_max",
+            ),
+            (
+                "[failover]\nopen_initial_ms = 5000\nopen_max_ms = 1000",
+                "failover.open_max_ms",
+            ),
+            (
+                "[failover]\nconsecutive_failures_max = 0",
+                "failover.consecutive_failures_max",
+            ),
             ("[log]\nlevel = \"[[[\"", "log.level"),
         ];
         for (text, field) in cases {

@@ -445,7 +445,11 @@ mod tests {
         // 20-outcome window (step 18) reaches window_failures_max.
         let mut b = Breaker::new();
         for i in 0..=18 {
-            b = b.on(if i % 2 == 0 { FAIL } else { Event::Answered }, Millis(0), &cfg());
+            b = b.on(
+                if i % 2 == 0 { FAIL } else { Event::Answered },
+                Millis(0),
+                &cfg(),
+            );
             if i < 18 {
                 assert_eq!(b.label(), "closed", "opened early at step {i}");
             }

@@ -6,18 +6,19 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 
 use super::Shared;
-use super::router::{json, text};
+use super::gate::{self, breaker_label, mode_code};
+use super::router::{ResBody, json, text};
+use crate::failover::Mode;
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<ResBody>;
 
 /// Serves one admin request: authentication first, then the route.
-pub(crate) fn handle(parts: &Parts, _body: &Bytes, shared: &Shared) -> Reply {
+pub(crate) fn handle(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
     if !authorized(parts, shared) {
         let mut reply = json(
             StatusCode::UNAUTHORIZED,
@@ -31,15 +32,40 @@ pub(crate) fn handle(parts: &Parts, _body: &Bytes, shared: &Shared) -> Reply {
     }
     match (&parts.method, parts.uri.path()) {
         (&Method::GET, "/admin/status") => status(shared),
-        (_, "/admin/status") => {
-            let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            reply
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            reply
-        }
+        (_, "/admin/status") => not_allowed("GET"),
+        (&Method::POST, "/admin/mode") => set_mode(body, shared),
+        (_, "/admin/mode") => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn not_allowed(allow: &'static str) -> Reply {
+    let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    reply
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    reply
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeRequest {
+    mode: String,
+}
+
+/// `POST /admin/mode` with `{"mode": "outage" | "normal" | "auto"}`: force a mode for a drill,
+/// or hand the decision back to the breakers.
+fn set_mode(body: &Bytes, shared: &Shared) -> Reply {
+    let parsed: Result<ModeRequest, _> = serde_json::from_slice(body);
+    let Some(mode) = parsed.ok().and_then(|r| Mode::parse(&r.mode)) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"invalid_request","error_description":"body must be {\"mode\": \"outage\" | \"normal\" | \"auto\"}"}"#.to_vec(),
+        );
+    };
+    let before = gate::mode_from_code(shared.mode.swap(mode_code(mode), Ordering::Relaxed));
+    tracing::warn!(from = ?before, to = ?mode, "operator set the failover mode");
+    status(shared)
 }
 
 fn authorized(parts: &Parts, shared: &Shared) -> bool {
@@ -63,6 +89,14 @@ fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
 
 #[derive(serde::Serialize)]
 struct Status<'a> {
+    /// Where requests go now: "normal" (to the primary) or "outage" (backup).
+    mode: &'static str,
+    /// The operator's setting: "auto", "normal" or "outage".
+    forced: &'static str,
+    /// The worst breaker state over the workers: "closed", "half_open" or "open".
+    breaker: &'static str,
+    /// Each worker's breaker.
+    worker_breakers: Vec<&'static str>,
     version: &'a str,
     uptime_secs: u64,
     workers: usize,
@@ -72,7 +106,32 @@ struct Status<'a> {
 }
 
 fn status(shared: &Shared) -> Reply {
+    let codes: Vec<u8> = shared
+        .breakers
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    // Worst first: any open worker means part of the traffic is being served by the backup.
+    let worst = [1u8, 2, 0]
+        .into_iter()
+        .find(|c| codes.contains(c))
+        .unwrap_or(0);
+    let forced = gate::mode_from_code(shared.mode.load(Ordering::Relaxed));
+    let mode = match forced {
+        Mode::ForcedOutage => "outage",
+        Mode::ForcedNormal => "normal",
+        Mode::Auto if worst == 0 => "normal",
+        Mode::Auto => "outage",
+    };
     let body = Status {
+        mode,
+        forced: match forced {
+            Mode::Auto => "auto",
+            Mode::ForcedNormal => "normal",
+            Mode::ForcedOutage => "outage",
+        },
+        breaker: breaker_label(worst),
+        worker_breakers: codes.iter().map(|c| breaker_label(*c)).collect(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: shared.started.elapsed().as_secs(),
         workers: shared.config.workers,

@@ -39,37 +39,47 @@ pub(crate) enum Phase {
 /// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
 /// all on the same worker thread.
 #[derive(Debug)]
-pub(crate) struct PhaseCell(Cell<Phase>);
+pub(crate) struct PhaseCell {
+    phase: Cell<Phase>,
+    /// Wakes the watchdog when its deadline moves earlier (idle → head). Other transitions
+    /// only move it later, which the watchdog notices when it wakes.
+    earlier: tokio::sync::Notify,
+}
 
 impl PhaseCell {
     pub(crate) fn new(now: Instant) -> Self {
-        Self(Cell::new(Phase::Idle(now)))
+        Self {
+            phase: Cell::new(Phase::Idle(now)),
+            earlier: tokio::sync::Notify::new(),
+        }
     }
 
     pub(crate) fn get(&self) -> Phase {
-        self.0.get()
+        self.phase.get()
     }
 
     /// The service has the request head: the header-read clock stops.
     pub(crate) fn request_started(&self) {
-        self.0.set(Phase::Busy);
+        self.phase.set(Phase::Busy);
     }
 
     /// The service has produced its response: the idle clock starts.
     pub(crate) fn request_finished(&self) {
-        self.0.set(Phase::Idle(Instant::now()));
+        self.phase.set(Phase::Idle(Instant::now()));
     }
 
     fn bytes_read(&self) {
-        if let Phase::Idle(_) = self.0.get() {
-            self.0.set(Phase::Head(Instant::now()));
+        if let Phase::Idle(_) = self.phase.get() {
+            self.phase.set(Phase::Head(Instant::now()));
+            // Stores a permit if the watchdog is not waiting yet, so it cannot be missed.
+            self.earlier.notify_one();
         }
     }
 
     fn bytes_written(&self) {
         // Writing a response to a slow reader is activity, not idleness.
-        if let Phase::Idle(_) = self.0.get() {
-            self.0.set(Phase::Idle(Instant::now()));
+        if let Phase::Idle(_) = self.phase.get() {
+            self.phase.set(Phase::Idle(Instant::now()));
         }
     }
 }
@@ -148,7 +158,11 @@ async fn watchdog(phase: &PhaseCell, limits: &HttpLimits) -> ConnectionEnd {
             // A request in service is bounded by its own timeouts; look again later.
             Phase::Busy => (Instant::now() + limits.header_read_timeout, None),
         };
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            // The deadline moved earlier: compute it again.
+            () = phase.earlier.notified() => continue,
+        }
         // The phase may have moved on while we slept; only an unchanged phase has expired.
         let still = match (phase.get(), end) {
             (Phase::Idle(since), Some(ConnectionEnd::IdleTimeout)) => {
@@ -198,7 +212,7 @@ pub(crate) async fn serve<S>(
 ) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<http_body_util::Full<bytes::Bytes>>,
+            Response = hyper::Response<super::router::ResBody>,
             Error = std::convert::Infallible,
         >,
 {
@@ -269,6 +283,7 @@ connection limit reached\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn over_limit_response_content_length_matches_its_body() {
@@ -303,6 +318,26 @@ mod tests {
         let end = watchdog(&phase, &limits).await;
         assert_eq!(end, ConnectionEnd::HeaderTimeout);
         assert_eq!(started.elapsed(), limits.header_read_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_limit_applies_when_bytes_arrive_after_the_watchdog_started() {
+        // Regression: the watchdog used to sleep on the idle deadline computed before the
+        // first byte, so a slow head on a fresh connection was only closed at the idle limit.
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let started = Instant::now();
+        let p = phase.clone();
+        let first_byte = async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            p.bytes_read();
+        };
+        let (end, ()) = tokio::join!(watchdog(&phase, &limits), first_byte);
+        assert_eq!(end, ConnectionEnd::HeaderTimeout);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100) + limits.header_read_timeout
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,12 +12,14 @@
 
 pub(crate) mod admin;
 pub(crate) mod conn;
+pub(crate) mod gate;
 pub(crate) mod router;
+pub(crate) mod upstream;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -28,7 +30,9 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::metrics::{ConnectionEnd, Registry};
 use conn::PhaseCell;
+use gate::Gate;
 use router::{HandlerCtx, Listener};
+pub use upstream::UpstreamError;
 
 /// Connections waiting in the kernel's accept queue, per listener.
 const ACCEPT_BACKLOG: i32 = 1024;
@@ -62,6 +66,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The client to the primary could not be configured.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// A worker thread ended abnormally.
     #[error("worker thread {index} failed: {reason}")]
     Worker {
@@ -79,6 +86,12 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) draining: AtomicBool,
     pub(crate) public_addr: SocketAddr,
+    /// The operator's forced mode (`gate::mode_code`), read by every worker per request.
+    pub(crate) mode: AtomicU8,
+    /// Each worker's breaker state (`gate::breaker_code`), written only by that worker.
+    pub(crate) breakers: Box<[AtomicU8]>,
+    /// TLS settings for the primary, shared by every worker's client.
+    pub(crate) tls: Arc<rustls::ClientConfig>,
 }
 
 /// A server whose sockets are bound but which serves nothing yet.
@@ -128,11 +141,15 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         None => None,
     };
 
+    let tls = upstream::tls_config(&config.primary)?;
     let shared = Arc::new(Shared {
         metrics: Registry::new(config.workers, env!("CARGO_PKG_VERSION")),
         started: Instant::now(),
         draining: AtomicBool::new(false),
         public_addr,
+        mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
+        breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
+        tls,
         config,
     });
     Ok(BoundServer {
@@ -236,12 +253,14 @@ async fn control_main(
                     what: "admin listener".into(),
                     source,
                 })?;
+            let ctx = HandlerCtx {
+                shared: shared.clone(),
+                listener: Listener::Admin,
+                worker: None,
+                gate: None,
+            };
             Some(tokio::task::spawn_local(accept_loop(
-                listener,
-                Listener::Admin,
-                None,
-                shared.clone(),
-                stop_rx,
+                listener, ctx, stop_rx,
             )))
         }
         None => None,
@@ -296,25 +315,29 @@ fn worker_main(
             what: format!("worker {index} listener"),
             source,
         })?;
-        accept_loop(listener, Listener::Public, Some(index), shared, stop).await;
+        let upstream = upstream::Upstream::new(
+            &shared.config.primary,
+            &shared.config.issuer,
+            shared.tls.clone(),
+        )?;
+        let gate = Rc::new(Gate::new(upstream, shared.clone(), index));
+        let ticker = tokio::task::spawn_local(gate.clone().run_ticker());
+        let ctx = HandlerCtx {
+            shared,
+            listener: Listener::Public,
+            worker: Some(index),
+            gate: Some(gate),
+        };
+        accept_loop(listener, ctx, stop).await;
+        ticker.abort();
         Ok(())
     })
 }
 
 /// Accepts connections until shutdown, then drains them within the grace period.
-async fn accept_loop(
-    listener: TcpListener,
-    kind: Listener,
-    worker: Option<usize>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let ctx = Rc::new(HandlerCtx {
-        shared: shared.clone(),
-        listener: kind,
-        worker,
-    });
-    let limits = shared.config.limits;
+async fn accept_loop(listener: TcpListener, ctx: HandlerCtx, mut stop: watch::Receiver<bool>) {
+    let ctx = Rc::new(ctx);
+    let limits = ctx.shared.config.limits;
     let builder = Rc::new(conn::http1_builder(&limits));
     let mut connections = JoinSet::new();
 
@@ -328,7 +351,7 @@ async fn accept_loop(
             // Reap finished connection tasks so the set stays as small as the open count.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     if connections.len() >= limits.connections_per_worker_max {
                         ctx.metrics().connection_ended(ConnectionEnd::OverLimit);
                         conn::refuse_over_limit(&stream);
@@ -344,7 +367,7 @@ async fn accept_loop(
                             let ctx = ctx.clone();
                             let phase = phase.clone();
                             hyper::service::service_fn(move |req| {
-                                router::handle(req, ctx.clone(), phase.clone())
+                                router::handle(req, ctx.clone(), phase.clone(), peer)
                             })
                         };
                         conn::serve(stream, phase, &builder, service, &limits, ctx.metrics(), stop).await;

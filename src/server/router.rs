@@ -9,8 +9,10 @@ use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,8 +20,11 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::conn::PhaseCell;
+use super::gate::{self, Gate};
 use crate::config::HttpLimits;
-use crate::metrics::{Route, WorkerMetrics};
+use crate::failover::{Mode, Route as Destination, UpstreamFailure};
+use crate::metrics::{OutageRefusal, Route, UpstreamOutcome, WorkerMetrics};
+use crate::protocol::OAuthError;
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub(crate) struct HandlerCtx {
     pub(crate) listener: Listener,
     /// This thread's worker index; `None` on the admin listener's thread.
     pub(crate) worker: Option<usize>,
+    /// This worker's failover gate; `None` on the admin listener.
+    pub(crate) gate: Option<Rc<Gate>>,
 }
 
 impl HandlerCtx {
@@ -48,19 +55,25 @@ impl HandlerCtx {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// A response body: one we built, or the primary's, streamed through.
+pub(crate) type ResBody = Either<Full<Bytes>, Incoming>;
+
+type Reply = Response<ResBody>;
 
 /// Serves one request. Never fails: every problem becomes a response.
 pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: Rc<HandlerCtx>,
     phase: Rc<PhaseCell>,
+    peer: SocketAddr,
 ) -> Result<Reply, Infallible> {
     phase.request_started();
     let started = Instant::now();
-    let (route, mut reply) = front_door(req, &ctx).await;
-    if reply.status().is_client_error() && must_close(reply.status()) {
-        // The rest of this connection's input cannot be trusted to be a new request.
+    let (route, mut reply) = front_door(req, &ctx, peer).await;
+    // After a refusal of our own (bad body, timeout, too large) the rest of this connection's
+    // input cannot be trusted to start a new request. A primary's 400 passed through is an
+    // answer, not a framing problem: that connection stays open.
+    if matches!(reply.body(), Either::Left(_)) && must_close(reply.status()) {
         reply
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -85,7 +98,7 @@ fn must_close(status: StatusCode) -> bool {
     )
 }
 
-async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx) -> (Route, Reply) {
+async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx, peer: SocketAddr) -> (Route, Reply) {
     let limits = &ctx.shared.config.limits;
     let (parts, body) = req.into_parts();
     let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -103,9 +116,10 @@ async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx) -> (Route, Reply) 
         Ok(body) => body,
         Err(reply) => return (route, reply),
     };
-    let reply = match ctx.listener {
-        Listener::Public => public(route, &parts.method, ctx),
-        Listener::Admin => super::admin::handle(&parts, &body, &ctx.shared),
+    let reply = match (ctx.listener, route) {
+        (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared),
+        (Listener::Public, Route::Proxy) => proxy(&parts, body, peer, ctx).await,
+        (Listener::Public, _) => public(route, &parts.method, ctx),
     };
     (route, reply)
 }
@@ -161,13 +175,86 @@ fn public_route(path: &str) -> Route {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
-        _ => Route::NotFound,
+        _ => Route::Proxy,
     }
+}
+
+/// Forwards a request the backstop does not answer itself, or refuses it with 503 when the
+/// primary cannot be used (breaker open, forced outage, or this forwarding failed).
+async fn proxy(
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    ctx: &HandlerCtx,
+) -> Reply {
+    let metrics = ctx.metrics();
+    let Some(gate) = ctx.gate.as_deref() else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if gate.route(metrics) == Destination::Backup {
+        let forced =
+            gate::mode_from_code(ctx.shared.mode.load(Ordering::Relaxed)) == Mode::ForcedOutage;
+        metrics.outage_refusal(if forced {
+            OutageRefusal::Forced
+        } else {
+            OutageRefusal::BreakerOpen
+        });
+        return unavailable(gate.retry_after_secs());
+    }
+    match gate.upstream.forward(parts, body, peer).await {
+        Ok(response) => {
+            metrics.upstream_outcome(UpstreamOutcome::Answered, false);
+            gate.record(Ok(()), metrics);
+            let (mut head, incoming) = response.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            Response::from_parts(head, Either::Right(incoming))
+        }
+        Err(failure) => {
+            metrics.upstream_outcome(outcome_of(failure), failure.is_ambiguous());
+            gate.record(Err(failure), metrics);
+            metrics.outage_refusal(OutageRefusal::UpstreamFailed);
+            tracing::info!(
+                failure = failure.label(),
+                ambiguous = failure.is_ambiguous(),
+                "forwarding failed"
+            );
+            unavailable(gate.retry_after_secs())
+        }
+    }
+}
+
+fn outcome_of(failure: UpstreamFailure) -> UpstreamOutcome {
+    match failure {
+        UpstreamFailure::Connect => UpstreamOutcome::Connect,
+        UpstreamFailure::Unavailable => UpstreamOutcome::Unavailable,
+        UpstreamFailure::ServerError(_) => UpstreamOutcome::ServerError,
+        UpstreamFailure::Timeout => UpstreamOutcome::Timeout,
+        UpstreamFailure::Reset => UpstreamOutcome::Reset,
+        UpstreamFailure::Garbage => UpstreamOutcome::Garbage,
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let mut clean = hyper::HeaderMap::with_capacity(headers.len());
+    super::upstream::copy_end_to_end(headers, &mut clean);
+    *headers = clean;
+}
+
+/// 503 `temporarily_unavailable` with `Retry-After` (DESIGN §2): the primary cannot be used
+/// and backstop cannot answer this request itself. The client must keep its credentials.
+fn unavailable(retry_after_secs: u64) -> Reply {
+    let body = OAuthError::TemporarilyUnavailable
+        .to_json("the identity provider is unavailable; retry later");
+    let mut reply = json(StatusCode::SERVICE_UNAVAILABLE, body.into_bytes());
+    if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+        reply.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    reply
 }
 
 fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
     let shared = &ctx.shared;
-    if route != Route::NotFound && !matches!(*method, Method::GET | Method::HEAD) {
+    if !matches!(*method, Method::GET | Method::HEAD) {
         let mut reply = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         reply
             .headers_mut()
@@ -187,20 +274,22 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
         }
         Route::Metrics => {
             let body = shared.metrics.render(shared.started.elapsed());
-            let mut reply = Response::new(Full::new(Bytes::from(body)));
+            let mut reply = Response::new(Either::Left(Full::new(Bytes::from(body))));
             reply.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             no_store(reply)
         }
-        Route::NotFound | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Proxy | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 /// A plain-text response that caches must not keep.
 pub(crate) fn text(status: StatusCode, body: &str) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    let mut reply = Response::new(Either::Left(Full::new(Bytes::copy_from_slice(
+        body.as_bytes(),
+    ))));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -211,7 +300,7 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Reply {
 
 /// A JSON response that caches must not keep.
 pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    let mut reply = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -21,10 +21,21 @@ pub struct Backstop {
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// Config text with fresh ports and a private data dir, plus `extra` appended.
+pub mod primary;
+
+/// Config text with fresh ports and a private data dir, plus `top` fields and `tables`. Unless
+/// `tables` has its own `[primary]`, the primary is a loopback port with nothing listening.
 pub fn config_text(dir: &Path, top: &str, tables: &str) -> String {
+    let primary = if tables.contains("[primary]") {
+        String::new()
+    } else {
+        format!(
+            "[primary]\norigin = \"{}\"\n",
+            primary::closed_port_origin()
+        )
+    };
     format!(
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{top}\n{tables}\n",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{top}\n{primary}{tables}\n",
         dir.join("data").display()
     )
 }

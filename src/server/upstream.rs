@@ -1,0 +1,295 @@
+//! The upstream client: pooled HTTP/1.1 connections from one worker to the primary (plain or
+//! TLS through rustls), connect and request timeouts, request forwarding that keeps what a
+//! provider needs (the client's `Host`, `X-Forwarded-*`), and the classification of every
+//! unexpected failure for the breaker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::PrimaryConfig;
+use crate::failover::UpstreamFailure;
+use crate::limits;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The CA file could not be read or parsed.
+    #[error("cannot load CA certificates from {path} (config field `primary.ca_file`): {reason}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("cannot configure TLS to the primary: {0}")]
+    Tls(String),
+    /// The origin URL could not be split into scheme and authority.
+    #[error("config field `primary.origin`: {0}")]
+    Origin(String),
+}
+
+/// The TLS settings for the primary, built once at start and shared by every worker's client.
+pub(crate) fn tls_config(
+    primary: &PrimaryConfig,
+) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // System roots: missing or partly unreadable system stores are not fatal when the
+    // operator names a CA file, and a plain-http origin needs none at all.
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &primary.ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let ca_err = |reason: String| UpstreamError::CaFile {
+            path: path.clone(),
+            reason,
+        };
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_err(e.to_string()))?
+        {
+            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ca_err("no certificates found".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One worker's client to the primary.
+pub(crate) struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: hyper::http::uri::Scheme,
+    authority: hyper::http::uri::Authority,
+    request_timeout: Duration,
+    /// `X-Forwarded-Proto`: the scheme clients used, from the configured issuer.
+    forwarded_proto: HeaderValue,
+    probe_path: hyper::http::uri::PathAndQuery,
+}
+
+impl Upstream {
+    /// A client for `primary`, forwarding as the public `issuer` URL.
+    pub(crate) fn new(
+        primary: &PrimaryConfig,
+        issuer: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, UpstreamError> {
+        let origin: Uri = primary
+            .origin
+            .parse()
+            .map_err(|e| UpstreamError::Origin(format!("{e}")))?;
+        let scheme = origin
+            .scheme()
+            .cloned()
+            .ok_or_else(|| UpstreamError::Origin("no scheme".into()))?;
+        let authority = origin
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::Origin("no host".into()))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(primary.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(limits::UPSTREAM_POOL_IDLE_PER_WORKER)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let forwarded_proto = HeaderValue::from_static(if issuer.starts_with("https:") {
+            "https"
+        } else {
+            "http"
+        });
+        let probe_path = primary
+            .probe_path
+            .parse()
+            .map_err(|e| UpstreamError::Origin(format!("probe_path: {e}")))?;
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            request_timeout: primary.request_timeout,
+            forwarded_proto,
+            probe_path,
+        })
+    }
+
+    fn uri(&self, path_and_query: hyper::http::uri::PathAndQuery) -> Result<Uri, UpstreamFailure> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| UpstreamFailure::Garbage)
+    }
+
+    /// Forwards a client request (head and already-read body) to the primary and returns its
+    /// answer, or why there is none. A 500/502/503/504 answer is a failure, not an answer.
+    pub(crate) async fn forward(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = self.uri(path)?;
+        copy_end_to_end(&parts.headers, req.headers_mut());
+        self.set_forwarded(&parts.headers, req.headers_mut(), peer);
+        self.send(req).await
+    }
+
+    /// The half-open probe: a GET of the probe path; any 2xx is a healthy primary.
+    pub(crate) async fn probe(&self) -> Result<(), UpstreamFailure> {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = self.uri(self.probe_path.clone())?;
+        let response = self.send(req).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(UpstreamFailure::Garbage)
+        }
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, UpstreamFailure> {
+        let response =
+            match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+                Err(_elapsed) => return Err(UpstreamFailure::Timeout),
+                Ok(Err(e)) if e.is_connect() => return Err(UpstreamFailure::Connect),
+                Ok(Err(_)) => return Err(UpstreamFailure::Reset),
+                Ok(Ok(response)) => response,
+            };
+        match UpstreamFailure::from_status(response.status().as_u16()) {
+            Some(failure) => Err(failure),
+            None => Ok(response),
+        }
+    }
+
+    fn set_forwarded(&self, from: &HeaderMap, to: &mut HeaderMap, peer: SocketAddr) {
+        // X-Forwarded-For: append the peer to any chain a trusted proxy in front of us built.
+        let peer_ip = peer.ip().to_string();
+        let chain = match from.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(existing) => format!("{existing}, {peer_ip}"),
+            None => peer_ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            to.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        // X-Forwarded-Host and -Proto describe the request as the client made it, so the
+        // provider builds its URLs (discovery, DPoP `htu`) for the public name. We overwrite
+        // what the client sent: a client must not choose the URLs the provider issues.
+        match from.get(header::HOST) {
+            Some(host) => {
+                to.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+            }
+            None => {
+                to.remove("x-forwarded-host");
+            }
+        }
+        to.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            self.forwarded_proto.clone(),
+        );
+    }
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Copies every end-to-end header: drops hop-by-hop ones and any the `Connection` header
+/// names. `Host` is kept as the client sent it.
+pub(crate) fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named_by_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || named_by_connection.iter().any(|c| c == n) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut from = HeaderMap::new();
+        from.insert(header::HOST, HeaderValue::from_static("login.example.com"));
+        from.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        from.insert("x-secret-hop", HeaderValue::from_static("1"));
+        from.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        from.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        from.append("dpop", HeaderValue::from_static("eyJ..."));
+        from.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        from.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to);
+        assert_eq!(to.get(header::HOST).unwrap(), "login.example.com");
+        assert_eq!(to.get("dpop").unwrap(), "eyJ...");
+        assert_eq!(to.get_all(header::COOKIE).iter().count(), 2);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "x-secret-hop",
+        ] {
+            assert!(to.get(gone).is_none(), "{gone} was forwarded");
+        }
+    }
+}
