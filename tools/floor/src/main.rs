@@ -5,16 +5,23 @@
 //! request with a fixed body: no routing, no limits, no metrics. Benchmarks report backstop's
 //! CPU per request as a ratio to this server's, measured in the same run.
 //!
-//! Usage: `backstop-floor [ADDR] [WORKERS]` (defaults `127.0.0.1:0` and one per core). Prints
-//! `listening on http://ADDR` on stdout, then serves until killed.
+//! With a third argument `UPSTREAM` (`http://host:port`) it is instead the plain-proxy floor:
+//! every request is forwarded to the upstream through a pooled hyper client and the answer
+//! streamed back, with no limits, metrics, header rewriting or breaker. Normal-mode overhead
+//! is reported against it.
+//!
+//! Usage: `backstop-floor [ADDR] [WORKERS] [UPSTREAM]` (defaults `127.0.0.1:0`, one worker per
+//! core, fixed body). Prints `listening on http://ADDR` on stdout, then serves until killed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Socket, Type};
 
 const BODY: &[u8] = b"ok\n";
@@ -32,6 +39,12 @@ fn main() -> std::io::Result<()> {
         })?,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let upstream: Option<Uri> = match args.next() {
+        Some(u) => Some(u.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("UPSTREAM: {e}"))
+        })?),
+        None => None,
+    };
 
     let first = listener(addr)?;
     let bound = first.local_addr()?;
@@ -43,7 +56,10 @@ fn main() -> std::io::Result<()> {
 
     let threads: Vec<_> = listeners
         .into_iter()
-        .map(|l| std::thread::spawn(move || worker(l)))
+        .map(|l| {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || worker(l, upstream))
+        })
         .collect();
     for t in threads {
         match t.join() {
@@ -69,25 +85,64 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn worker(listener: std::net::TcpListener) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn worker(listener: std::net::TcpListener, upstream: Option<Uri>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let upstream = std::rc::Rc::new(upstream);
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let upstream = upstream.clone();
             tokio::task::spawn_local(async move {
-                let service =
-                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
-                    });
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    let upstream = upstream.clone();
+                    async move {
+                        let Some(base) = upstream.as_ref() else {
+                            return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(
+                                Bytes::from_static(BODY),
+                            ))));
+                        };
+                        Ok(forward(&client, base, req).await)
+                    }
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     })
+}
+
+type ProxyBody = Either<Full<Bytes>, hyper::body::Incoming>;
+
+/// The plain proxy: same method, path, headers and (buffered) body; the answer streamed back.
+async fn forward(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    base: &Uri,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let bad_gateway = || {
+        let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"bad gateway\n"))));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    };
+    let Ok(body) = body.collect().await.map(|c| c.to_bytes()) else {
+        return bad_gateway();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("{base}{}", path.trim_start_matches('/')).parse::<Uri>() else {
+        return bad_gateway();
+    };
+    parts.uri = uri;
+    match client.request(Request::from_parts(parts, Full::new(body))).await {
+        Ok(response) => response.map(Either::Right),
+        Err(_) => bad_gateway(),
+    }
 }
