@@ -5,7 +5,9 @@
 //! It serves discovery, an RS256 JWKS and a token endpoint (`authorization_code` with codes
 //! created through a test-only admin API, `refresh_token` with strict rotation and reuse
 //! detection, `client_credentials`), binds grants to DPoP keys, and can be told to go down,
-//! answer 500, answer slowly or hang. See [`MockPrimary::start`] and [`MockHandle`].
+//! answer 500, answer slowly or hang. See [`MockPrimary::start`] and [`MockHandle`]; the
+//! exact behaviour (claims, rotation, DPoP checks and what is not checked, fault semantics)
+//! is written down in this crate's `README.md`.
 //!
 //! Admin endpoints (JSON), served on the admin listener always and on the main listener
 //! whatever the fault except `down` (when the main listener is closed):

@@ -345,6 +345,13 @@ impl MockHandle {
         self.shared.wait_applied_blocking(generation)
     }
 
+    /// [`MockHandle::set_fault`] for async callers (the demo): awaits the change instead of
+    /// blocking the thread. Runs on any tokio runtime.
+    pub async fn set_fault_async(&self, fault: Fault) -> Result<(), MockError> {
+        let generation = self.shared.request_fault(fault);
+        self.shared.wait_applied(generation).await
+    }
+
     /// The current fault.
     pub fn fault(&self) -> Fault {
         self.shared.fault_tx.borrow().fault
@@ -929,6 +936,12 @@ async fn admin_api(shared: &Shared, req: Request<Incoming>) -> Response<Full<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<MockHandle>();
+    }
 
     #[test]
     fn issuer_parsing_keeps_the_path_and_refuses_junk() {

@@ -297,3 +297,18 @@ fn the_binary_prints_its_address_and_serves() {
     let _ = child.wait();
     assert_eq!(status, Some(200), "first line: {line:?}");
 }
+
+/// The demo drives the mock from async code: the async fault setter works there, and dropping
+/// the handle inside a runtime neither panics nor hangs.
+#[tokio::test]
+async fn async_fault_changes_and_drop_inside_a_runtime() {
+    let mock = start();
+    mock.set_fault_async(Fault::Down).await.unwrap();
+    let refused = tokio::net::TcpStream::connect(mock.addr())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    mock.set_fault_async(Fault::Healthy).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(mock.addr()).await.is_ok());
+    drop(mock);
+}

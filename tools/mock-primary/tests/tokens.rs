@@ -205,6 +205,13 @@ fn refresh_rotates_and_reuse_of_a_rotated_out_token_kills_the_whole_grant() {
     // Another client cannot use the token, and that does not revoke anything.
     let stolen = refresh(&mock, &rt3, "other-app");
     assert_eq!(stolen.status, 401, "unknown client is invalid_client");
+    mock.register_client(ClientConfig::public("other-app"))
+        .unwrap();
+    let stolen = refresh(&mock, &rt3, "other-app");
+    assert_eq!(
+        (stolen.status, stolen.error().as_str()),
+        (400, "invalid_grant")
+    );
     assert_eq!(mock.grant_count(), 1);
 
     // Reuse of rt1 (rotated out twice): invalid_grant, and the grant dies.
