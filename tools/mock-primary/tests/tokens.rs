@@ -602,3 +602,70 @@ fn dpop_binds_the_grant_and_refresh_requires_a_proof_with_the_same_key() {
     );
     assert_eq!(at["cnf"]["jkt"], key.thumbprint());
 }
+
+#[test]
+fn unbound_grant_refreshed_with_a_proof_gets_a_bound_access_token_only() {
+    let mock = start();
+    let key = DpopKey::generate();
+    let code = mock.create_grant(full_grant()).unwrap();
+    let rt = redeem(&mock, &code, "native-app").json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bound = post_token(
+        mock.addr(),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt),
+            ("client_id", "native-app"),
+        ],
+        &[("DPoP", &key.proof(&mock.token_endpoint()))],
+    )
+    .json();
+    assert_eq!(bound["token_type"], "DPoP");
+    let (_, at) = verify(
+        &mock,
+        bound["access_token"].as_str().unwrap(),
+        "https://api.example",
+    );
+    assert_eq!(at["cnf"]["jkt"], key.thumbprint());
+    // The grant itself stays unbound: the next refresh needs no proof.
+    let next = refresh(
+        &mock,
+        bound["refresh_token"].as_str().unwrap(),
+        "native-app",
+    );
+    assert_eq!(next.status, 200);
+    assert_eq!(next.json()["token_type"], "Bearer");
+}
+
+#[test]
+fn concurrent_refreshes_of_one_token_let_exactly_one_win() {
+    let mock = start_with(MockOptions {
+        worker_threads: 2,
+        ..MockOptions::default()
+    });
+    let code = mock.create_grant(full_grant()).unwrap();
+    let rt = redeem(&mock, &code, "native-app").json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| refresh(&mock, &rt, "native-app").status))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        7,
+        "{statuses:?}"
+    );
+    // The losers presented a rotated-out token: the grant is revoked.
+    assert_eq!(mock.grant_count(), 0);
+}
