@@ -275,10 +275,12 @@ impl WorkerMetrics {
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(BUCKET_COUNT - 1);
-        if let Some(row) = self.requests.get(r) {
-            if let Some(c) = row.get(status_slot(status)) {
-                c.add(1);
-            }
+        if let Some(c) = self
+            .requests
+            .get(r)
+            .and_then(|row| row.get(status_slot(status)))
+        {
+            c.add(1);
         }
         if let Some(c) = self.latency_buckets.get(r).and_then(|row| row.get(bucket)) {
             c.add(1);

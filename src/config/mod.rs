@@ -473,14 +473,14 @@ fn resolve_primary(origin: String, raw: &RawPrimary) -> Result<PrimaryConfig, Co
             ),
         ));
     }
-    if let Some(path) = &raw.ca_file {
-        if !path.is_file() {
-            return Err(ConfigError::invalid(
-                "primary.ca_file",
-                path.display(),
-                "a readable PEM file of CA certificates",
-            ));
-        }
+    if let Some(path) = &raw.ca_file
+        && !path.is_file()
+    {
+        return Err(ConfigError::invalid(
+            "primary.ca_file",
+            path.display(),
+            "a readable PEM file of CA certificates",
+        ));
     }
     let probe_path = raw
         .probe_path

@@ -9,12 +9,12 @@ pub fn token_request(data: &[u8]) {
         Some(i) => (data.get(..i), data.get(i + 1..).unwrap_or_default()),
         None => (None, data),
     };
-    if let Ok(form) = Form::parse(body, REPEATABLE) {
-        if let Err(e) = TokenRequest::parse(&form, auth) {
-            // The error body must always be valid JSON, whatever the description.
-            let json = e.code.to_json(&e.description);
-            assert!(json.starts_with("{\"error\":\"") && json.ends_with('}'));
-        }
+    if let Ok(form) = Form::parse(body, REPEATABLE)
+        && let Err(e) = TokenRequest::parse(&form, auth)
+    {
+        // The error body must always be valid JSON, whatever the description.
+        let json = e.code.to_json(&e.description);
+        assert!(json.starts_with("{\"error\":\"") && json.ends_with('}'));
     }
 }
 

@@ -86,7 +86,9 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 fn worker(listener: std::net::TcpListener, upstream: Option<Uri>) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -99,18 +101,19 @@ fn worker(listener: std::net::TcpListener, upstream: Option<Uri>) -> std::io::Re
             let client = client.clone();
             let upstream = upstream.clone();
             tokio::task::spawn_local(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let client = client.clone();
-                    let upstream = upstream.clone();
-                    async move {
-                        let Some(base) = upstream.as_ref() else {
-                            return Ok::<_, Infallible>(Response::new(Either::Left(Full::new(
-                                Bytes::from_static(BODY),
-                            ))));
-                        };
-                        Ok(forward(&client, base, req).await)
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        let upstream = upstream.clone();
+                        async move {
+                            let Some(base) = upstream.as_ref() else {
+                                return Ok::<_, Infallible>(Response::new(Either::Left(
+                                    Full::new(Bytes::from_static(BODY)),
+                                )));
+                            };
+                            Ok(forward(&client, base, req).await)
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -129,7 +132,9 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let bad_gateway = || {
-        let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"bad gateway\n"))));
+        let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
+            b"bad gateway\n",
+        ))));
         *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
         r
     };
@@ -141,7 +146,10 @@ async fn forward(
         return bad_gateway();
     };
     parts.uri = uri;
-    match client.request(Request::from_parts(parts, Full::new(body))).await {
+    match client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
         Ok(response) => response.map(Either::Right),
         Err(_) => bad_gateway(),
     }
