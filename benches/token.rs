@@ -1,0 +1,2 @@
+//! Token engine benches (placeholder until the bench lands).
+fn main() {}
