@@ -1,6 +1,14 @@
 //! Minting: every minted token verifies with an independent JOSE implementation (jsonwebtoken)
 //! and with ours, and its claims are exactly the template's plus the fresh time claims.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 

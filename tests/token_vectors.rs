@@ -1,6 +1,14 @@
 //! Published test vectors: RFC 8037 A.4 (EdDSA JWS byte for byte), RFC 7638 §3.1 thumbprint,
 //! RFC 7515 A.5 (`alg: none`, refused), RFC 7515 A.3 (ES256 example verifies), Wycheproof Ed25519.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 
