@@ -1,6 +1,14 @@
 //! DPoP proofs (RFC 9449): accepted when right; refused when replayed, stale, from the future,
 //! for another URL or method, with a wrong `ath`, the wrong `typ` or algorithm, or a private key.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 

@@ -1,6 +1,14 @@
 //! JWKS: our published document (snapshot), merging with a primary's (dedupe by kid, refuse a
 //! collision with ours), parsing limits, and the remote cache state machine.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 

@@ -1,6 +1,14 @@
 //! Keyring: files and modes, refusal of loose permissions, keygen, rotation (tokens signed by the
 //! previous key still verify with the published JWKS), and kid/file mismatches.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 

@@ -2,6 +2,14 @@
 //! (alg none, HS256 with an RSA key, wrong kid, expired, not yet valid, oversized, bad base64,
 //! duplicate JSON keys) plus the RFC 8725 hazards around them.
 
+// A test crate: a failed unwrap is a failed test with a line number.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 
