@@ -9,6 +9,9 @@
     clippy::panic
 )]
 
+/// One refusal case: name, input, (rule,) and a predicate on the error it must produce.
+type Case = (&'static str, String, fn(&DpopError) -> bool);
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 
@@ -121,7 +124,7 @@ fn refusals() {
     let rsa = rsa_fixture_key();
     let pol = DpopPolicy::default();
     let age = pol.proof_age_secs;
-    let cases: Vec<(&str, String, fn(&DpopError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "stale",
             proof_with(&k, "", &claims("s", "POST", URL, NOW - age - 1)),

@@ -8,13 +8,6 @@
     clippy::indexing_slicing,
     clippy::panic
 )]
-// A test crate: a failed unwrap is a failed test with a line number.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 #[path = "fixtures/token/support.rs"]
 mod support;

@@ -10,6 +10,9 @@
     clippy::panic
 )]
 
+/// One refusal case: name, input, (rule,) and a predicate on the error it must produce.
+type Case = (&'static str, String, TypRule, fn(&JwsError) -> bool);
+
 #[path = "fixtures/token/support.rs"]
 mod support;
 
@@ -184,7 +187,7 @@ fn refusals() {
     );
     let padded = format!("{}=", good);
 
-    let cases: Vec<(&str, String, TypRule, fn(&JwsError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "alg none",
             format!(
