@@ -18,8 +18,7 @@ use backstop::token::alg::{SigningAlg, Typ};
 use backstop::token::jwks::{KeySet, merge};
 use backstop::token::jws::{JwtPolicy, TypRule, verify_jwt};
 use backstop::token::keyring::{Keyring, KeyringError, keygen, ring_dir, rotate};
-use backstop::token::mint::{Minter, PrimaryTokenShape, build_template};
-use support::*;
+use backstop::token::mint::{PrimaryTokenShape, build_template};
 
 fn tempdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("backstop-token-{name}-{}", std::process::id()));
@@ -113,7 +112,9 @@ fn rotation_moves_next_to_current_and_tokens_of_the_previous_key_still_verify() 
     )
     .unwrap();
     let mut old_token = Vec::new();
-    Minter::new(signer(first.current()))
+    first
+        .minter(backstop::token::sign::Ed25519Backend::Dalek)
+        .unwrap()
         .mint(template.as_ref(), 100, &mut old_token)
         .unwrap();
 

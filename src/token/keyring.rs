@@ -27,7 +27,8 @@ use crate::limits;
 use crate::token::alg::SigningAlg;
 use crate::token::json;
 use crate::token::jwk::PublicJwk;
-use crate::token::sign::{PrivateKeyDer, SignError, SigningKey};
+use crate::token::mint::Minter;
+use crate::token::sign::{Ed25519Backend, PrivateKeyDer, SignError, SigningKey};
 
 /// Why the keyring could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,12 @@ impl Keyring {
         ];
         keys.extend(self.previous.iter().map(|k| k.public_jwk().clone()));
         keys
+    }
+
+    /// A minter signing with the current key, for one worker thread (each worker builds its own:
+    /// nothing is shared on the signing path).
+    pub fn minter(&self, backend: Ed25519Backend) -> Result<Minter, KeyringError> {
+        Ok(Minter::new(self.current.signer(backend)?))
     }
 
     /// Loads `alg`'s keyring; `Ok(None)` when none exists yet.
