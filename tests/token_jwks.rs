@@ -141,3 +141,14 @@ fn remote_cache_refreshes_on_schedule_rate_limits_unknown_kids_and_serves_stale_
     );
     assert_eq!(c.age_secs(3800), Some(3600));
 }
+
+#[test]
+fn an_ec_key_off_the_curve_is_skipped_not_trusted() {
+    // x and y of RFC 7515 A.3's key with the last byte of y changed: not a point on P-256
+    // (invalid-curve attacks rely on verifiers accepting such points).
+    let doc = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"bad","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a4"}]}"#;
+    let (set, skipped) = KeySet::parse(doc.as_bytes()).unwrap();
+    assert!(set.is_empty());
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].kid.as_deref(), Some("bad"));
+}

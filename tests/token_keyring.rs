@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use backstop::token::alg::{SigningAlg, Typ};
 use backstop::token::jwks::{KeySet, merge};
 use backstop::token::jws::{JwtPolicy, TypRule, verify_jwt};
-use backstop::token::keyring::{Keyring, KeyringError, keygen, ring_dir, rotate};
+use backstop::token::keyring::{Keyring, KeyringError, keygen, retire_previous, ring_dir, rotate};
 use backstop::token::mint::{PrimaryTokenShape, build_template};
 
 fn tempdir(name: &str) -> std::path::PathBuf {
@@ -149,5 +149,39 @@ fn rotation_moves_next_to_current_and_tokens_of_the_previous_key_still_verify() 
     )
     .unwrap();
     assert!(verify_jwt(&old_token, &keys, &policy, 300).is_err());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn previous_is_retired_only_after_its_tokens_can_have_expired() {
+    let d = tempdir("retire");
+    assert!(
+        !retire_previous(&d, SigningAlg::Es256, 0, 3600).unwrap(),
+        "no ring yet"
+    );
+    Keyring::load_or_generate(&d, SigningAlg::Es256, 0).unwrap();
+    assert!(
+        !retire_previous(&d, SigningAlg::Es256, 10_000, 3600).unwrap(),
+        "no previous yet"
+    );
+    let ring = rotate(&d, SigningAlg::Es256, 1000).unwrap();
+    let old = ring.previous().unwrap().kid().to_owned();
+    assert!(!retire_previous(&d, SigningAlg::Es256, 4599, 3600).unwrap());
+    assert!(
+        Keyring::load(&d, SigningAlg::Es256)
+            .unwrap()
+            .unwrap()
+            .previous()
+            .is_some()
+    );
+    assert!(retire_previous(&d, SigningAlg::Es256, 4600, 3600).unwrap());
+    let after = Keyring::load(&d, SigningAlg::Es256).unwrap().unwrap();
+    assert!(after.previous().is_none());
+    assert_eq!(after.published().len(), 2);
+    assert!(
+        !ring_dir(&d, SigningAlg::Es256)
+            .join(format!("{old}.pem"))
+            .exists()
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -261,6 +261,32 @@ pub fn rotate(data_dir: &Path, alg: SigningAlg, now_secs: u64) -> Result<Keyring
     Ok(ring)
 }
 
+/// Drops `previous` from the ring once every token it can have signed has expired: it stopped
+/// signing at the last rotation, so after `rotated_at + token_lifetime_max_secs` nothing valid
+/// carries its kid. Returns whether it was retired. The key file is removed after the manifest
+/// no longer names it.
+pub fn retire_previous(
+    data_dir: &Path,
+    alg: SigningAlg,
+    now_secs: u64,
+    token_lifetime_max_secs: u64,
+) -> Result<bool, KeyringError> {
+    let Some(mut ring) = Keyring::load(data_dir, alg)? else {
+        return Ok(false);
+    };
+    let Some(previous) = ring.previous.take() else {
+        return Ok(false);
+    };
+    if now_secs < ring.rotated_at_secs.saturating_add(token_lifetime_max_secs) {
+        return Ok(false);
+    }
+    let dir = ring_dir(data_dir, alg);
+    write_manifest(&dir, &ring)?;
+    let path = dir.join(format!("{}.pem", previous.kid()));
+    fs::remove_file(&path).map_err(io("remove", &path))?;
+    Ok(true)
+}
+
 fn create(data_dir: &Path, alg: SigningAlg, now_secs: u64) -> Result<Keyring, KeyringError> {
     let dir = ring_dir(data_dir, alg);
     DirBuilder::new()
