@@ -152,3 +152,13 @@ fn an_ec_key_off_the_curve_is_skipped_not_trusted() {
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].kid.as_deref(), Some("bad"));
 }
+
+#[test]
+fn a_primary_jwk_pinned_to_the_ed25519_name_verifies_eddsa_tokens() {
+    use backstop::token::alg::Alg;
+    let doc = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"Ed25519","kid":"p","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let (set, _) = KeySet::parse(doc.as_bytes()).unwrap();
+    let e = set.find("p").unwrap();
+    assert!(e.accepts(Alg::EdDsa));
+    assert!(!e.accepts(Alg::Es256));
+}

@@ -346,6 +346,36 @@ fn refusals() {
             TypRule::Exactly(Typ::SeceventJwt),
             |e| matches!(e, JwsError::Typ { .. }),
         ),
+        (
+            "unencoded payload (b64: false)",
+            sign_raw(
+                &*ed,
+                &format!(r#"{{"alg":"EdDSA","kid":"{}","b64":false}}"#, f.ed.kid()),
+                &claims(NOW + 100),
+            ),
+            TypRule::JwtOrAbsent,
+            |e| matches!(e, JwsError::Crit),
+        ),
+        (
+            "oversized header",
+            sign_raw(
+                &*ed,
+                &format!(
+                    r#"{{"alg":"EdDSA","kid":"{}","x":"{}"}}"#,
+                    f.ed.kid(),
+                    "h".repeat(limits::JOSE_HEADER_BYTES_MAX)
+                ),
+                &claims(NOW + 100),
+            ),
+            TypRule::JwtOrAbsent,
+            |e| matches!(e, JwsError::HeaderTooLarge { .. }),
+        ),
+        (
+            "kid of another type (non-string)",
+            sign_raw(&*ed, r#"{"alg":"EdDSA","kid":7}"#, &claims(NOW + 100)),
+            TypRule::JwtOrAbsent,
+            |e| matches!(e, JwsError::HeaderMember { member: "kid" }),
+        ),
     ];
     for (name, token, typ, expected) in cases {
         let got = verify_jwt(token.as_bytes(), &f.keys, &policy(typ), NOW);
