@@ -162,3 +162,12 @@ fn a_primary_jwk_pinned_to_the_ed25519_name_verifies_eddsa_tokens() {
     assert!(e.accepts(Alg::EdDsa));
     assert!(!e.accepts(Alg::Es256));
 }
+
+#[test]
+fn merging_with_a_set_built_from_public_jwks_keeps_its_keys() {
+    let other = KeySet::from_ours(&[rsa_fixture_key().public_jwk().clone()]).unwrap();
+    let merged = merge(&[rfc8037_key().public_jwk().clone()], &other);
+    let (set, skipped) = KeySet::parse(merged.document.as_bytes()).unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(set.len(), 2);
+}

@@ -324,12 +324,22 @@ pub fn merge(ours: &[PublicJwk], primary: &KeySet) -> MergedJwks {
             }
             seen.push(kid);
         }
-        let Some(raw) = &e.raw else { continue };
+        // serde_json writes a Map deterministically (sorted members); a set built from our own
+        // keys has no raw JWK and is written like ours.
+        let json = match (&e.raw, &e.kid, e.alg) {
+            (Some(raw), _, _) => Value::Object(raw.clone()).to_string(),
+            (None, Some(kid), Some(alg)) => PublicJwk {
+                key: e.key.clone(),
+                kid: kid.clone(),
+                alg,
+            }
+            .to_json(),
+            (None, _, _) => continue,
+        };
         if document.len() > r#"{"keys":["#.len() {
             document.push(',');
         }
-        // serde_json writes a Map deterministically (sorted members).
-        document.push_str(&Value::Object(raw.clone()).to_string());
+        document.push_str(&json);
     }
     document.push_str("]}");
     MergedJwks {

@@ -136,8 +136,9 @@ impl SigningKey {
             }
             SigningAlg::Rs256 => {
                 let kp = RsaKeyPair::from_pkcs8(der.expose()).map_err(|e| rejected(alg, e))?;
-                if kp.public_modulus_len() < 256 {
-                    return Err(rejected(alg, "RSA modulus under 2048 bits"));
+                // 2048 bits at least (RFC 8725 via NIST), 4096 at most: SIGNATURE_BYTES_MAX.
+                if kp.public_modulus_len() < 256 || kp.public_modulus_len() > SIGNATURE_BYTES_MAX {
+                    return Err(rejected(alg, "RSA modulus outside 2048..=4096 bits"));
                 }
                 let p = kp.public_key();
                 PublicKey::Rsa {
