@@ -178,3 +178,75 @@ fn stored_template_round_trips_through_bytes_and_mints_the_same() {
     assert_eq!(a, b);
     assert_eq!(Alg::from_name("EdDSA"), Some(key.public_jwk().alg));
 }
+
+#[test]
+fn a_primary_token_gives_its_shape_and_template_and_the_backup_token_matches_it() {
+    use backstop::limits;
+    use backstop::token::jws::parse_compact;
+    // The "primary" signs an at+jwt with ES256 and its own key.
+    let primary_key = key(SigningAlg::Es256);
+    let primary_token = sign_raw(
+        &*signer(&primary_key),
+        &format!(
+            r#"{{"alg":"ES256","typ":"at+jwt","kid":"{}"}}"#,
+            primary_key.kid()
+        ),
+        PRIMARY_ACCESS_TOKEN_CLAIMS,
+    );
+    let jws = parse_compact(primary_token.as_bytes(), limits::JWS_COMPACT_BYTES_MAX).unwrap();
+    let shape = PrimaryTokenShape::from_header(&jws.header).unwrap();
+    assert_eq!(
+        shape,
+        PrimaryTokenShape {
+            typ: Some(Typ::AtJwt),
+            alg: SigningAlg::Es256
+        }
+    );
+    let t = build_template(&jws.payload, shape, 0).unwrap();
+    let ours = key(SigningAlg::Es256);
+    let mut out = Vec::new();
+    Minter::new(signer(&ours))
+        .mint(t.as_ref(), 1_763_780_000, &mut out)
+        .unwrap();
+    let (header, claims) =
+        verify_independently(std::str::from_utf8(&out).unwrap(), ours.public_jwk());
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let primary: Value = serde_json::from_str(PRIMARY_ACCESS_TOKEN_CLAIMS).unwrap();
+    for (k, v) in primary.as_object().unwrap() {
+        if !["iat", "nbf", "exp", "jti"].contains(&k.as_str()) {
+            assert_eq!(&claims[k], v, "{k}");
+        }
+    }
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    // PS256 has no signing key type here.
+    let ps_token = format!("{}.e30.AA", b64::encode(br#"{"alg":"PS256"}"#));
+    let ps = parse_compact(ps_token.as_bytes(), limits::JWS_COMPACT_BYTES_MAX).unwrap();
+    assert_eq!(PrimaryTokenShape::from_header(&ps.header), None);
+}
+
+#[test]
+fn the_dalek_backend_is_verified_independently_too() {
+    let key = rfc8037_key();
+    let t = build_template(
+        PRIMARY_ACCESS_TOKEN_CLAIMS.as_bytes(),
+        PrimaryTokenShape {
+            typ: Some(Typ::AtJwt),
+            alg: SigningAlg::EdDsa,
+        },
+        0,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    Minter::new(key.signer(Ed25519Backend::Dalek).unwrap())
+        .mint(t.as_ref(), 1_900_000_000, &mut out)
+        .unwrap();
+    let (_, claims) = verify_independently(std::str::from_utf8(&out).unwrap(), key.public_jwk());
+    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
+    assert_eq!(
+        claims["cnf"]["jkt"],
+        "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+    );
+}

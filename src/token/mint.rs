@@ -234,6 +234,24 @@ pub struct PrimaryTokenShape {
     pub alg: SigningAlg,
 }
 
+impl PrimaryTokenShape {
+    /// The shape of a primary's token from its parsed header (`jws::parse_compact`; the capture
+    /// path reads the primary's own response, so no signature check is needed to learn the shape).
+    /// `None` when the primary signed with an algorithm we have no key type for (PS256): such a
+    /// token cannot be reproduced, and its session is not servable in an outage.
+    pub fn from_header(header: &crate::token::jws::Header) -> Option<Self> {
+        let alg = match header.alg {
+            crate::token::alg::Alg::EdDsa => SigningAlg::EdDsa,
+            crate::token::alg::Alg::Es256 => SigningAlg::Es256,
+            crate::token::alg::Alg::Rs256 => SigningAlg::Rs256,
+            crate::token::alg::Alg::Ps256 => return None,
+        };
+        // An unknown typ is kept out rather than guessed: emit none, as for a missing one.
+        let typ = header.typ.as_deref().and_then(Typ::from_header);
+        Some(Self { typ, alg })
+    }
+}
+
 /// Builds a template from a primary token's decoded claims JSON: cuts out `iat`, `nbf`, `exp` and
 /// `jti` byte for byte, records which were present, `exp - iat` and `nbf - iat`. `recorded_at_secs`
 /// stands in for `iat` when the primary sent none.
