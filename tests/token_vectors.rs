@@ -1,5 +1,5 @@
 //! Published test vectors: RFC 8037 A.4 (EdDSA JWS byte for byte), RFC 7638 §3.1 thumbprint,
-//! RFC 7515 A.5 (`alg: none`, refused), RFC 7515 A.3 (ES256 example verifies), Wycheproof Ed25519.
+//! RFC 7515 A.5 (`alg: none`, refused), A.2 (RS256) and A.3 (ES256) examples, Wycheproof Ed25519.
 
 // A test crate: a failed unwrap is a failed test with a line number.
 #![allow(
@@ -136,4 +136,40 @@ fn wycheproof_ed25519_verification_cases() {
         }
     }
     assert!(checked > 100, "only {checked} cases");
+}
+
+#[test]
+fn rfc7515_a2_rs256_example_verifies_and_its_exp_is_enforced() {
+    // RFC 7515 Appendix A.2: the RSA public key and JWS from the RFC.
+    let n = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+    let doc = format!(r#"{{"keys":[{{"kty":"RSA","n":"{n}","e":"AQAB"}}]}}"#);
+    let (keys, skipped) = KeySet::parse(doc.as_bytes()).unwrap();
+    assert!(skipped.is_empty());
+    let policy = JwtPolicy {
+        typ: TypRule::JwtOrAbsent,
+        algs: &[Alg::Rs256],
+        leeway_secs: 0,
+        require_exp: true,
+        issuer: Some("joe"),
+        audience: None,
+    };
+    let v = jws::verify_jwt(token.as_bytes(), &keys, &policy, 1_300_819_379).unwrap();
+    assert_eq!(v.claims["http://example.com/is_root"], true);
+    assert!(matches!(
+        jws::verify_jwt(token.as_bytes(), &keys, &policy, 1_300_819_380),
+        Err(JwsError::Expired {
+            exp_secs: 1_300_819_380,
+            ..
+        })
+    ));
+    // As PS256 the same bytes do not verify (and the header says RS256 anyway).
+    let p = JwtPolicy {
+        algs: &[Alg::Ps256],
+        ..policy
+    };
+    assert!(matches!(
+        jws::verify_jwt(token.as_bytes(), &keys, &p, 1_300_819_379),
+        Err(JwsError::AlgNotAllowed { alg: "RS256" })
+    ));
 }
