@@ -152,6 +152,7 @@ fn verification(c: &mut Criterion, rsa: &SigningKey) {
         method: "POST",
         url: "https://as.example.com/token",
         access_token: None,
+        nonce: None,
     };
     let pol = DpopPolicy::default();
     for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {

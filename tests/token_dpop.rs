@@ -44,6 +44,7 @@ fn req(access_token: Option<&'static [u8]>) -> DpopRequest<'static> {
         method: "POST",
         url: URL,
         access_token,
+        nonce: None,
     }
 }
 
@@ -270,4 +271,49 @@ fn a_replayed_proof_is_refused_until_it_would_be_stale_anyway() {
     let fresh = proof_with(&k, "", &claims("twice", "POST", URL, NOW + 1000));
     assert!(verify_proof(fresh.as_bytes(), &req(None), &pol, &mut cache, NOW + 1000).is_ok());
     assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn a_server_nonce_must_be_echoed() {
+    let k = SigningKey::generate(SigningAlg::Es256).unwrap();
+    let pol = DpopPolicy::default();
+    let mut cache = ReplayCache::new(16);
+    let with_nonce = |jti: &str, nonce: &str| {
+        proof_with(
+            &k,
+            "",
+            &format!(
+                r#"{{"jti":"{jti}","htm":"POST","htu":"{URL}","iat":{NOW},"nonce":"{nonce}"}}"#
+            ),
+        )
+    };
+    let request = DpopRequest {
+        nonce: Some("eyJ7S_zG.eyJH0-Z.HX4w-7v"),
+        ..req(None)
+    };
+    assert!(
+        verify_proof(
+            with_nonce("a", "eyJ7S_zG.eyJH0-Z.HX4w-7v").as_bytes(),
+            &request,
+            &pol,
+            &mut cache,
+            NOW
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        verify_proof(
+            with_nonce("b", "old-nonce").as_bytes(),
+            &request,
+            &pol,
+            &mut cache,
+            NOW
+        ),
+        Err(DpopError::Nonce)
+    );
+    let without = proof_with(&k, "", &claims("c", "POST", URL, NOW));
+    assert_eq!(
+        verify_proof(without.as_bytes(), &request, &pol, &mut cache, NOW),
+        Err(DpopError::Nonce)
+    );
 }

@@ -59,6 +59,7 @@ pub fn dpop_proof(data: &[u8]) {
         method: "POST",
         url: "https://as.example.com/token",
         access_token: None,
+        nonce: None,
     };
     let _ = verify_proof(
         data,

@@ -72,6 +72,10 @@ pub enum DpopError {
     /// `ath` missing or not the hash of the presented access token.
     #[error("DPoP proof ath does not match the access token")]
     Ath,
+    /// The server asked for a nonce (RFC 9449 §8) and the proof lacks it or carries another:
+    /// answer `use_dpop_nonce` with a fresh `DPoP-Nonce` header.
+    #[error("DPoP proof nonce missing or stale")]
+    Nonce,
     /// This `jti` was seen before from this key.
     #[error("DPoP proof replayed")]
     Replayed,
@@ -94,6 +98,8 @@ pub struct DpopRequest<'a> {
     /// The access token, when the proof accompanies one (resource requests); `None` at the token
     /// endpoint.
     pub access_token: Option<&'a [u8]>,
+    /// The nonce the server currently requires in proofs (RFC 9449 §8), if it issues them.
+    pub nonce: Option<&'a str>,
 }
 
 /// Time bounds for proofs.
@@ -184,6 +190,11 @@ pub fn verify_proof(
         let ath = string("ath").map_err(|_| DpopError::Ath)?;
         let expected = b64::encode(digest::digest(&digest::SHA256, token).as_ref());
         verify_slices_are_equal(ath.as_bytes(), expected.as_bytes()).map_err(|_| DpopError::Ath)?;
+    }
+    if let Some(expected) = request.nonce {
+        let nonce = string("nonce").map_err(|_| DpopError::Nonce)?;
+        verify_slices_are_equal(nonce.as_bytes(), expected.as_bytes())
+            .map_err(|_| DpopError::Nonce)?;
     }
     let jkt_bytes = key.thumbprint_bytes();
     // Remember the proof until it could no longer be accepted anyway: its iat is at most
