@@ -743,4 +743,29 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn minting_reuses_the_output_and_scratch_buffers() {
+        let key = SigningKey::generate(SigningAlg::EdDsa).unwrap();
+        let mut m = Minter::new(key.signer(Ed25519Backend::Dalek).unwrap());
+        let t = build_template(
+            br#"{"sub":"s","iat":1,"exp":61,"jti":"x","aud":["a","b"]}"#,
+            SHAPE,
+            0,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        m.mint(t.as_ref(), 100, &mut out).unwrap();
+        let (out_ptr, out_cap) = (out.as_ptr(), out.capacity());
+        let (scratch_ptr, scratch_cap) = (m.scratch.as_ptr(), m.scratch.capacity());
+        for now in 101..200 {
+            m.mint(t.as_ref(), now, &mut out).unwrap();
+        }
+        // Same allocations throughout: steady-state minting allocates nothing of its own.
+        assert_eq!((out.as_ptr(), out.capacity()), (out_ptr, out_cap));
+        assert_eq!(
+            (m.scratch.as_ptr(), m.scratch.capacity()),
+            (scratch_ptr, scratch_cap)
+        );
+    }
 }
