@@ -15,3 +15,4 @@ pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod token;

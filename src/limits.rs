@@ -241,3 +241,88 @@ const _: () = {
 // ---------------------------------------------------------------------------------------------
 // Token (issue 4): append token and JOSE limits below this line.
 // ---------------------------------------------------------------------------------------------
+
+/// Bytes of a JWS compact token from outside (a primary's token, a client assertion, a SET).
+/// Real access and ID tokens run 1–4 KiB; 16 KiB leaves room for large group claims and still
+/// fits well inside the default request head and body.
+pub const JWS_COMPACT_BYTES_MAX: usize = 16 * 1024;
+
+/// Bytes of a decoded JOSE header. A header holds a handful of short members, or one embedded
+/// public key (DPoP, where only EC P-256 and Ed25519 keys are accepted).
+pub const JOSE_HEADER_BYTES_MAX: usize = 2 * 1024;
+
+/// Nesting depth of JOSE JSON (header, claims, JWK). Claims nest two or three levels in practice
+/// (`cnf.jkt`, address); a bound keeps a hostile token from costing stack.
+pub const JOSE_JSON_DEPTH_MAX: usize = 16;
+
+/// Bytes of a DPoP proof (RFC 9449): a small header with an EC or OKP key and five claims.
+pub const DPOP_PROOF_BYTES_MAX: usize = 4 * 1024;
+
+/// Bytes of a DPoP proof's `jti`. RFC 9449 asks for 96 bits of randomness; 256 bytes is generous.
+pub const DPOP_JTI_BYTES_MAX: usize = 256;
+
+/// Seconds a DPoP proof stays acceptable after its `iat`. RFC 9449 §11.1 suggests seconds to
+/// minutes; configurable as `limits.dpop_proof_age_secs`.
+pub const DPOP_PROOF_AGE_SECS: Bound = Bound {
+    min: 5,
+    max: 600,
+    default: 60,
+};
+
+/// Seconds a DPoP proof's `iat` may lie in our future (client clock ahead of ours).
+pub const DPOP_CLOCK_SKEW_SECS: u64 = 5;
+
+/// `jti`s remembered per DPoP replay cache. When full of unexpired entries a new proof is
+/// refused (fail closed) rather than forgetting one that could then be replayed.
+pub const DPOP_REPLAY_ENTRIES: Bound = Bound {
+    min: 1024,
+    max: 16 * 1024 * 1024,
+    default: 1 << 20,
+};
+
+/// Seconds of clock skew allowed when checking `exp` and `nbf` of a token from outside.
+pub const JWT_LEEWAY_SECS: Bound = Bound {
+    min: 0,
+    max: 300,
+    default: 60,
+};
+
+/// Bytes of a JWKS document fetched from a primary or a SET transmitter.
+pub const JWKS_DOCUMENT_BYTES_MAX: usize = 256 * 1024;
+
+/// Keys in one JWKS document. Providers publish a few (current, next, previous per algorithm).
+pub const JWKS_KEYS_MAX: usize = 64;
+
+/// Seconds between scheduled refreshes of a remote JWKS.
+pub const JWKS_REFRESH_SECS: Bound = Bound {
+    min: 60,
+    max: 86_400,
+    default: 3_600,
+};
+
+/// Seconds between refreshes triggered by an unknown `kid`: a stream of tokens with made-up
+/// kids must not become a stream of fetches to the primary.
+pub const JWKS_UNKNOWN_KID_REFRESH_SECS: u64 = 60;
+
+/// Largest backoff, in seconds, after failed JWKS fetches (doubling from 1 s).
+pub const JWKS_FAILURE_BACKOFF_SECS_MAX: u64 = 300;
+
+/// Bytes of a pre-serialized claims template (a primary's claims minus time claims).
+pub const CLAIMS_TEMPLATE_BYTES_MAX: usize = 8 * 1024;
+
+/// Bytes of a key file in the keyring (PKCS#8 PEM). An RSA-4096 key is about 3.3 KiB.
+pub const KEY_FILE_BYTES_MAX: u64 = 16 * 1024;
+
+const _: () = {
+    assert!(DPOP_PROOF_AGE_SECS.is_coherent());
+    assert!(DPOP_REPLAY_ENTRIES.is_coherent());
+    assert!(JWT_LEEWAY_SECS.is_coherent());
+    assert!(JWKS_REFRESH_SECS.is_coherent());
+    // A DPoP proof is a JWS, and its header must fit the header bound.
+    assert!(DPOP_PROOF_BYTES_MAX <= JWS_COMPACT_BYTES_MAX);
+    assert!(JOSE_HEADER_BYTES_MAX < DPOP_PROOF_BYTES_MAX);
+    // A minted token is the template plus header, time claims and signature, base64url'd.
+    assert!(CLAIMS_TEMPLATE_BYTES_MAX * 4 / 3 + 1024 <= JWS_COMPACT_BYTES_MAX);
+    // Unknown-kid refreshes are rarer than the shortest scheduled refresh is frequent.
+    assert!(JWKS_UNKNOWN_KID_REFRESH_SECS <= JWKS_REFRESH_SECS.min);
+};

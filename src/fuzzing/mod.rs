@@ -31,3 +31,5 @@ pub fn config_toml(data: &[u8]) {
         let _ = Config::parse(text, "fuzz", &NoEnv);
     }
 }
+
+pub mod token;
