@@ -63,10 +63,33 @@ enum Command {
     ///
     /// Not available yet: it needs the failover gateway (issue 5).
     Demo,
-    /// Generate a signing key in the data directory and print its public JWK.
-    ///
-    /// Not available yet: it arrives with the token engine (issue 4).
-    Keygen,
+    /// Create the signing keyring for an algorithm (a current and a next key) in the data
+    /// directory and print the current public JWK; with --rotate, rotate an existing keyring
+    /// (next becomes current, current stays published as previous) and print the published
+    /// keys. Key files are PKCS#8 PEM, mode 0600; the `kid` is the RFC 7638 thumbprint.
+    #[command(
+        after_help = "Examples:\n  backstop keygen                          # EdDSA keyring in ./backstop-data\n  backstop keygen --alg RS256 --config /etc/backstop.toml\n  backstop keygen --rotate --alg EdDSA --data-dir /var/lib/backstop"
+    )]
+    Keygen {
+        /// Signing algorithm of the keyring: EdDSA, ES256 or RS256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// Rotate the existing keyring instead of creating one.
+        #[arg(long)]
+        rotate: bool,
+        /// Take `data_dir` from this config file.
+        #[arg(
+            long,
+            short,
+            env = "BACKSTOP_CONFIG",
+            value_name = "FILE",
+            conflicts_with = "data_dir"
+        )]
+        config: Option<PathBuf>,
+        /// The data directory (default: the config's `data_dir`, else ./backstop-data).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Inspect a data directory: shards, record counts, expiry, segment health.
     ///
     /// Not available yet: it arrives with the session store (issue 3).
@@ -89,7 +112,12 @@ fn main() -> ExitCode {
             "demo",
             "the failover gateway (issue 5); use `backstop serve`",
         ),
-        Command::Keygen => not_yet("keygen", "the token engine (issue 4)"),
+        Command::Keygen {
+            alg,
+            rotate,
+            config,
+            data_dir,
+        } => keygen(&alg, rotate, config, data_dir),
         Command::Inspect { .. } => not_yet("inspect", "the session store (issue 3)"),
     }
 }
@@ -160,6 +188,53 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+fn keygen(alg: &str, rotate: bool, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    use backstop::token::{alg::SigningAlg, keyring};
+    let Some(alg) = SigningAlg::from_name(alg) else {
+        eprintln!(
+            "backstop keygen: --alg {alg:?} is not a signing algorithm; use EdDSA, ES256 or RS256"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let dir = match (data_dir, config) {
+        (Some(dir), _) => dir,
+        (None, path) => match Config::load(path.as_deref(), &ProcessEnv) {
+            Ok(c) => c.data_dir,
+            Err(e) => {
+                eprintln!("backstop: invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let now_secs = unix_now_secs();
+    let result = if rotate {
+        keyring::rotate(&dir, alg, now_secs).map(|ring| {
+            let keys: Vec<String> = ring.published().iter().map(|k| k.to_json()).collect();
+            format!("{{\"keys\":[{}]}}", keys.join(","))
+        })
+    } else {
+        keyring::keygen(&dir, alg, now_secs).map(|jwk| jwk.to_json())
+    };
+    match result {
+        Ok(json) => {
+            print_line(&json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backstop keygen: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Wall-clock seconds: the CLI is an edge, like `server/`, and may read the clock.
+#[allow(clippy::disallowed_methods)]
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn not_yet(command: &str, arrives_with: &str) -> ExitCode {

@@ -113,3 +113,57 @@ fn version_and_help_describe_the_commands() {
         assert!(stdout.contains(cmd), "help lacks {cmd}: {stdout}");
     }
 }
+
+#[test]
+fn keygen_creates_an_owner_only_keyring_and_prints_the_public_jwk() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["keygen", "--data-dir", data_arg], &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let jwk: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(jwk["kty"], "OKP");
+    assert_eq!(jwk["alg"], "EdDSA");
+    assert!(jwk.get("d").is_none(), "private key printed: {stdout}");
+    let kid = jwk["kid"].as_str().unwrap();
+    let key_file = data.join("keys").join("eddsa").join(format!("{kid}.pem"));
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A second keygen refuses and points at --rotate; rotation keeps the old key published.
+    let (code, _, stderr) = run(&["keygen", "--data-dir", data_arg], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--rotate"), "{stderr}");
+    let (code, stdout, stderr) = run(&["keygen", "--rotate", "--data-dir", data_arg], &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let set: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let kids: Vec<&str> = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(
+        kids.contains(&kid),
+        "rotated-out key no longer published: {kids:?}"
+    );
+    assert_eq!(kids.len(), 3, "previous, current and next: {kids:?}");
+}
+
+#[test]
+fn keygen_refuses_an_unknown_algorithm_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(
+        &[
+            "keygen",
+            "--alg",
+            "HS256",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("HS256"), "{stderr}");
+}
