@@ -37,20 +37,17 @@ pub(crate) enum Phase {
 }
 
 /// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
-/// all on the same worker thread.
+/// all on the same worker thread. Transitions are plain `Cell` writes: nothing is woken per
+/// request (see `watchdog` for how its deadlines are still met exactly).
 #[derive(Debug)]
 pub(crate) struct PhaseCell {
     phase: Cell<Phase>,
-    /// Wakes the watchdog when its deadline moves earlier (idle → head). Other transitions
-    /// only move it later, which the watchdog notices when it wakes.
-    earlier: tokio::sync::Notify,
 }
 
 impl PhaseCell {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
             phase: Cell::new(Phase::Idle(now)),
-            earlier: tokio::sync::Notify::new(),
         }
     }
 
@@ -72,7 +69,6 @@ impl PhaseCell {
         if let Phase::Idle(_) = self.phase.get() {
             self.phase.set(Phase::Head(Instant::now()));
             // Stores a permit if the watchdog is not waiting yet, so it cannot be missed.
-            self.earlier.notify_one();
         }
     }
 
@@ -144,38 +140,36 @@ impl AsyncWrite for WatchedIo {
 }
 
 /// Resolves when the current phase has outlasted its limit, with the reason.
+///
+/// Only one transition moves a deadline earlier: idle → head, when the first byte of a request
+/// arrives (the header limit is usually shorter than the idle limit). Rather than wake the
+/// watchdog on every request for it, an idle connection is looked at every half header limit:
+/// a head that starts between two looks is seen at most half a header limit later, before its
+/// own deadline, which is then applied exactly. The cost is one timer wake per idle connection
+/// per half header limit, and none per request.
 async fn watchdog(phase: &PhaseCell, limits: &HttpLimits) -> ConnectionEnd {
+    let look_every = limits.header_read_timeout / 2;
     loop {
-        let (deadline, end) = match phase.get() {
-            Phase::Idle(since) => (
-                since + limits.keep_alive_idle,
-                Some(ConnectionEnd::IdleTimeout),
-            ),
-            Phase::Head(since) => (
-                since + limits.header_read_timeout,
-                Some(ConnectionEnd::HeaderTimeout),
-            ),
+        let now = Instant::now();
+        let deadline = match phase.get() {
+            Phase::Idle(since) => {
+                let idle_end = since + limits.keep_alive_idle;
+                if idle_end <= now {
+                    return ConnectionEnd::IdleTimeout;
+                }
+                idle_end.min(now + look_every)
+            }
+            Phase::Head(since) => {
+                let head_end = since + limits.header_read_timeout;
+                if head_end <= now {
+                    return ConnectionEnd::HeaderTimeout;
+                }
+                head_end
+            }
             // A request in service is bounded by its own timeouts; look again later.
-            Phase::Busy => (Instant::now() + limits.header_read_timeout, None),
+            Phase::Busy => now + limits.header_read_timeout,
         };
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
-            // The deadline moved earlier: compute it again.
-            () = phase.earlier.notified() => continue,
-        }
-        // The phase may have moved on while we slept; only an unchanged phase has expired.
-        let still = match (phase.get(), end) {
-            (Phase::Idle(since), Some(ConnectionEnd::IdleTimeout)) => {
-                since + limits.keep_alive_idle <= Instant::now()
-            }
-            (Phase::Head(since), Some(ConnectionEnd::HeaderTimeout)) => {
-                since + limits.header_read_timeout <= Instant::now()
-            }
-            _ => false,
-        };
-        if let (true, Some(end)) = (still, end) {
-            return end;
-        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
