@@ -361,13 +361,17 @@ async fn accept_loop(listener: TcpListener, ctx: HandlerCtx, mut stop: watch::Re
                     let ctx = ctx.clone();
                     let builder = builder.clone();
                     let stop = stop.clone();
+                    // The client's address as a header value, once per connection rather
+                    // than once per forwarded request.
+                    let peer_ip = hyper::header::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown"));
                     connections.spawn_local(async move {
                         let phase = Rc::new(PhaseCell::new(tokio::time::Instant::now()));
                         let service = {
                             let ctx = ctx.clone();
                             let phase = phase.clone();
                             hyper::service::service_fn(move |req| {
-                                router::handle(req, ctx.clone(), phase.clone(), peer)
+                                router::handle(req, ctx.clone(), phase.clone(), peer_ip.clone())
                             })
                         };
                         conn::serve(stream, phase, &builder, service, &limits, ctx.metrics(), stop).await;

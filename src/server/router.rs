@@ -9,8 +9,6 @@ use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -65,11 +63,11 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: Rc<HandlerCtx>,
     phase: Rc<PhaseCell>,
-    peer: SocketAddr,
+    peer_ip: HeaderValue,
 ) -> Result<Reply, Infallible> {
     phase.request_started();
     let started = Instant::now();
-    let (route, mut reply) = front_door(req, &ctx, peer).await;
+    let (route, mut reply) = front_door(req, &ctx, &peer_ip).await;
     // After a refusal of our own (bad body, timeout, too large) the rest of this connection's
     // input cannot be trusted to start a new request. A primary's 400 passed through is an
     // answer, not a framing problem: that connection stays open.
@@ -98,7 +96,11 @@ fn must_close(status: StatusCode) -> bool {
     )
 }
 
-async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx, peer: SocketAddr) -> (Route, Reply) {
+async fn front_door(
+    req: Request<Incoming>,
+    ctx: &HandlerCtx,
+    peer_ip: &HeaderValue,
+) -> (Route, Reply) {
     let limits = &ctx.shared.config.limits;
     let (parts, body) = req.into_parts();
     let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -118,7 +120,7 @@ async fn front_door(req: Request<Incoming>, ctx: &HandlerCtx, peer: SocketAddr) 
     };
     let reply = match (ctx.listener, route) {
         (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared),
-        (Listener::Public, Route::Proxy) => proxy(&parts, body, peer, ctx).await,
+        (Listener::Public, Route::Proxy) => proxy(parts, body, peer_ip, ctx).await,
         (Listener::Public, _) => public(route, &parts.method, ctx),
     };
     (route, reply)
@@ -182,9 +184,9 @@ fn public_route(path: &str) -> Route {
 /// Forwards a request the backstop does not answer itself, or refuses it with 503 when the
 /// primary cannot be used (breaker open, forced outage, or this forwarding failed).
 async fn proxy(
-    parts: &hyper::http::request::Parts,
+    parts: hyper::http::request::Parts,
     body: Bytes,
-    peer: SocketAddr,
+    peer_ip: &HeaderValue,
     ctx: &HandlerCtx,
 ) -> Reply {
     let metrics = ctx.metrics();
@@ -201,12 +203,12 @@ async fn proxy(
         });
         return unavailable(gate.retry_after_secs());
     }
-    match gate.upstream.forward(parts, body, peer).await {
+    match gate.upstream.forward(parts, body, peer_ip).await {
         Ok(response) => {
             metrics.upstream_outcome(UpstreamOutcome::Answered, false);
             gate.record(Ok(()), metrics);
             let (mut head, incoming) = response.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            super::upstream::strip_hop_by_hop(&mut head.headers);
             Response::from_parts(head, Either::Right(incoming))
         }
         Err(failure) => {
@@ -232,12 +234,6 @@ fn outcome_of(failure: UpstreamFailure) -> UpstreamOutcome {
         UpstreamFailure::Reset => UpstreamOutcome::Reset,
         UpstreamFailure::Garbage => UpstreamOutcome::Garbage,
     }
-}
-
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let mut clean = hyper::HeaderMap::with_capacity(headers.len());
-    super::upstream::copy_end_to_end(headers, &mut clean);
-    *headers = clean;
 }
 
 /// 503 `temporarily_unavailable` with `Retry-After` (DESIGN §2): the primary cannot be used

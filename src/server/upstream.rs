@@ -3,7 +3,6 @@
 //! provider needs (the client's `Host`, `X-Forwarded-*`), and the classification of every
 //! unexpected failure for the breaker.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,23 +151,23 @@ impl Upstream {
 
     /// Forwards a client request (head and already-read body) to the primary and returns its
     /// answer, or why there is none. A 500/502/503/504 answer is a failure, not an answer.
+    /// The head is taken by value and edited in place: forwarding copies no header.
+    /// `peer_ip` is the client's address as a header value, computed once per connection.
     pub(crate) async fn forward(
         &self,
-        parts: &Parts,
+        mut parts: Parts,
         body: Bytes,
-        peer: SocketAddr,
+        peer_ip: &HeaderValue,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = self.uri(path)?;
-        copy_end_to_end(&parts.headers, req.headers_mut());
-        self.set_forwarded(&parts.headers, req.headers_mut(), peer);
-        self.send(req).await
+        parts.uri = self.uri(path)?;
+        strip_hop_by_hop(&mut parts.headers);
+        self.set_forwarded(&mut parts.headers, peer_ip);
+        self.send(Request::from_parts(parts, Full::new(body))).await
     }
 
     /// The half-open probe: a GET of the probe path; any 2xx is a healthy primary.
@@ -197,28 +196,28 @@ impl Upstream {
         }
     }
 
-    fn set_forwarded(&self, from: &HeaderMap, to: &mut HeaderMap, peer: SocketAddr) {
+    fn set_forwarded(&self, headers: &mut HeaderMap, peer_ip: &HeaderValue) {
         // X-Forwarded-For: append the peer to any chain a trusted proxy in front of us built.
-        let peer_ip = peer.ip().to_string();
-        let chain = match from.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(existing) => format!("{existing}, {peer_ip}"),
-            None => peer_ip,
+        let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(existing) => {
+                HeaderValue::from_str(&format!("{existing}, {}", peer_ip.to_str().unwrap_or("")))
+                    .unwrap_or_else(|_| peer_ip.clone())
+            }
+            None => peer_ip.clone(),
         };
-        if let Ok(v) = HeaderValue::from_str(&chain) {
-            to.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+        headers.insert(HeaderName::from_static("x-forwarded-for"), chain);
         // X-Forwarded-Host and -Proto describe the request as the client made it, so the
         // provider builds its URLs (discovery, DPoP `htu`) for the public name. We overwrite
         // what the client sent: a client must not choose the URLs the provider issues.
-        match from.get(header::HOST) {
+        match headers.get(header::HOST).cloned() {
             Some(host) => {
-                to.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+                headers.insert(HeaderName::from_static("x-forwarded-host"), host);
             }
             None => {
-                to.remove("x-forwarded-host");
+                headers.remove("x-forwarded-host");
             }
         }
-        to.insert(
+        headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
             self.forwarded_proto.clone(),
         );
@@ -237,23 +236,24 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// Copies every end-to-end header: drops hop-by-hop ones and any the `Connection` header
-/// names. `Host` is kept as the client sent it.
-pub(crate) fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    let named_by_connection: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for (name, value) in from {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named_by_connection.iter().any(|c| c == n) {
-            continue;
+/// Removes, in place, every hop-by-hop header and any header the `Connection` header names.
+/// `Host` stays as the client sent it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rare enough (HTTP/1.1 clients mostly send `keep-alive` or nothing) to allocate for.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
-        to.append(name.clone(), value.clone());
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -278,8 +278,8 @@ mod tests {
         from.append("dpop", HeaderValue::from_static("eyJ..."));
         from.append(header::COOKIE, HeaderValue::from_static("a=1"));
         from.append(header::COOKIE, HeaderValue::from_static("b=2"));
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to);
+        let mut to = from;
+        strip_hop_by_hop(&mut to);
         assert_eq!(to.get(header::HOST).unwrap(), "login.example.com");
         assert_eq!(to.get("dpop").unwrap(), "eyJ...");
         assert_eq!(to.get_all(header::COOKIE).iter().count(), 2);
