@@ -179,7 +179,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ));
             print_line(&format!("  data_dir       = {}", c.data_dir.display()));
             print_line(&format!("  workers        = {}", c.workers));
-            print_line(&format!("  issuer         = {}", c.issuer));
+            let issuer = c
+                .issuer
+                .clone()
+                .unwrap_or_else(|| format!("http://{} (default)", c.listen));
+            print_line(&format!("  issuer         = {issuer}"));
             print_line(&format!("  primary.origin = {}", c.primary.origin));
             ExitCode::SUCCESS
         }

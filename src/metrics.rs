@@ -22,6 +22,10 @@ pub enum Route {
     Readyz,
     /// `GET /metrics`.
     Metrics,
+    /// The discovery document, served from backstop's cache.
+    Discovery,
+    /// The merged JWKS, served from backstop's cache.
+    Jwks,
     /// Forwarded to the primary (everything backstop does not answer itself).
     Proxy,
     /// The admin API (served on its own listener).
@@ -30,10 +34,12 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 7] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
+        Route::Discovery,
+        Route::Jwks,
         Route::Proxy,
         Route::Admin,
     ];
@@ -44,6 +50,8 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Discovery => "discovery",
+            Route::Jwks => "jwks",
             Route::Proxy => "proxy",
             Route::Admin => "admin",
         }

@@ -149,8 +149,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Worker threads, resolved: never 0.
     pub workers: usize,
-    /// Public URL of the issuer: the `iss` of every token backstop mints.
-    pub issuer: String,
+    /// Public URL of the issuer: the `iss` of every token backstop mints. `None` means the
+    /// default, `http://` followed by the bound public address (known only after binding).
+    pub issuer: Option<String>,
     /// The primary identity provider.
     pub primary: PrimaryConfig,
     /// Bounds on outside input.
@@ -307,10 +308,7 @@ impl Config {
             n => usize::try_from(n).unwrap_or(1),
         };
 
-        let issuer = match raw.issuer {
-            Some(issuer) => validate_issuer(&issuer)?,
-            None => format!("http://{listen}"),
-        };
+        let issuer = raw.issuer.as_deref().map(validate_issuer).transpose()?;
 
         let origin = match raw.primary.origin {
             Some(ref origin) => validate_origin(origin)?,
@@ -701,7 +699,7 @@ mod tests {
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(config.data_dir, PathBuf::from("./backstop-data"));
         assert!(config.workers >= 1);
-        assert_eq!(config.issuer, "http://127.0.0.1:8080");
+        assert_eq!(config.issuer, None);
         assert_eq!(config.limits, HttpLimits::default());
         assert_eq!(config.limits.body_bytes_max, limits::BODY_BYTES.default);
         assert!(config.admin_token.is_none());
@@ -856,10 +854,13 @@ mod tests {
             "http://[::1]:8080",
         ] {
             let config = parse(&format!("issuer = \"{issuer}\"")).unwrap();
-            assert_eq!(config.issuer, issuer);
+            assert_eq!(config.issuer.as_deref(), Some(issuer));
         }
         let config = parse("issuer = \"https://login.example.com/tenant/v2.0\"").unwrap();
-        assert_eq!(config.issuer, "https://login.example.com/tenant/v2.0");
+        assert_eq!(
+            config.issuer.as_deref(),
+            Some("https://login.example.com/tenant/v2.0")
+        );
     }
 
     #[test]

@@ -97,6 +97,10 @@ struct Status<'a> {
     breaker: &'static str,
     /// Each worker's breaker.
     worker_breakers: Vec<&'static str>,
+    /// The issuer backstop serves and mints for.
+    issuer: &'a str,
+    /// What backstop holds of the primary's metadata (kept through an outage).
+    primary_metadata: PrimaryMetadata,
     version: &'a str,
     uptime_secs: u64,
     workers: usize,
@@ -105,7 +109,17 @@ struct Status<'a> {
     listen: String,
 }
 
+#[derive(serde::Serialize)]
+struct PrimaryMetadata {
+    discovery_cached: bool,
+    jwks_cached: bool,
+    primary_keys: usize,
+    token_path: Option<String>,
+    jwks_path: Option<String>,
+}
+
 fn status(shared: &Shared) -> Reply {
+    let metadata = shared.metadata.load();
     let codes: Vec<u8> = shared
         .breakers
         .iter()
@@ -132,6 +146,14 @@ fn status(shared: &Shared) -> Reply {
         },
         breaker: breaker_label(worst),
         worker_breakers: codes.iter().map(|c| breaker_label(*c)).collect(),
+        issuer: &shared.issuer,
+        primary_metadata: PrimaryMetadata {
+            discovery_cached: metadata.discovery.is_some(),
+            jwks_cached: metadata.jwks.is_some(),
+            primary_keys: metadata.primary_keys.as_ref().map_or(0, |k| k.len()),
+            token_path: metadata.token_path.clone(),
+            jwks_path: metadata.jwks_path.clone(),
+        },
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: shared.started.elapsed().as_secs(),
         workers: shared.config.workers,

@@ -13,6 +13,7 @@
 pub(crate) mod admin;
 pub(crate) mod conn;
 pub(crate) mod gate;
+pub(crate) mod metadata;
 pub(crate) mod router;
 pub(crate) mod upstream;
 
@@ -66,6 +67,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A signing keyring could not be loaded or created.
+    #[error("signing keys in `data_dir`: {0}")]
+    Keys(#[from] crate::token::keyring::KeyringError),
     /// The client to the primary could not be configured.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -86,12 +90,25 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) draining: AtomicBool,
     pub(crate) public_addr: SocketAddr,
+    /// The issuer, resolved: the configured one, or `http://` + the bound public address.
+    pub(crate) issuer: String,
     /// The operator's forced mode (`gate::mode_code`), read by every worker per request.
     pub(crate) mode: AtomicU8,
     /// Each worker's breaker state (`gate::breaker_code`), written only by that worker.
     pub(crate) breakers: Box<[AtomicU8]>,
     /// TLS settings for the primary, shared by every worker's client.
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    /// Backstop's published signing keys (every algorithm's current, next and previous).
+    pub(crate) published_keys: Vec<crate::token::jwk::PublicJwk>,
+    /// The primary's discovery document and merged JWKS, as last fetched.
+    pub(crate) metadata: Arc<arc_swap::ArcSwap<metadata::Metadata>>,
+}
+
+/// Unix seconds from the wall clock (`server/` is where the clock is read).
+pub(crate) fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A server whose sockets are bound but which serves nothing yet.
@@ -142,11 +159,33 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
 
     let tls = upstream::tls_config(&config.primary)?;
+    // Every algorithm's keyring exists from the first start: a backup token is signed with the
+    // algorithm the primary used for it, so any of them may be needed (DESIGN §7).
+    let mut published_keys = Vec::new();
+    for alg in crate::token::alg::SigningAlg::ALL {
+        let ring = crate::token::keyring::Keyring::load_or_generate(
+            &config.data_dir,
+            alg,
+            unix_now_secs(),
+        )?;
+        published_keys.extend(ring.published());
+    }
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{public_addr}"));
+    let metadata = Arc::new(arc_swap::ArcSwap::from_pointee(metadata::Metadata {
+        discovery_path: metadata::discovery_path(&issuer),
+        ..metadata::Metadata::default()
+    }));
     let shared = Arc::new(Shared {
         metrics: Registry::new(config.workers, env!("CARGO_PKG_VERSION")),
         started: Instant::now(),
         draining: AtomicBool::new(false),
         public_addr,
+        issuer,
+        published_keys,
+        metadata,
         mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
         breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
         tls,
@@ -266,7 +305,19 @@ async fn control_main(
         None => None,
     };
 
+    // The primary's metadata, refreshed from here so workers never wait on a fetch.
+    let upstream =
+        upstream::Upstream::new(&shared.config.primary, &shared.issuer, shared.tls.clone())?;
+    let refresher = tokio::task::spawn_local(metadata::refresh_forever(
+        upstream,
+        shared.issuer.clone(),
+        shared.published_keys.clone(),
+        shared.metadata.clone(),
+        unix_now_secs,
+    ));
+
     wait_for_signal().await?;
+    refresher.abort();
     tracing::info!(
         grace_ms =
             u64::try_from(shared.config.limits.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
@@ -315,11 +366,8 @@ fn worker_main(
             what: format!("worker {index} listener"),
             source,
         })?;
-        let upstream = upstream::Upstream::new(
-            &shared.config.primary,
-            &shared.config.issuer,
-            shared.tls.clone(),
-        )?;
+        let upstream =
+            upstream::Upstream::new(&shared.config.primary, &shared.issuer, shared.tls.clone())?;
         let gate = Rc::new(Gate::new(upstream, shared.clone(), index));
         let ticker = tokio::task::spawn_local(gate.clone().run_ticker());
         let ctx = HandlerCtx {

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::conn::PhaseCell;
 use super::gate::{self, Gate};
+use super::metadata::Metadata;
 use crate::config::HttpLimits;
 use crate::failover::{Mode, Route as Destination, UpstreamFailure};
 use crate::metrics::{OutageRefusal, Route, UpstreamOutcome, WorkerMetrics};
@@ -105,7 +106,7 @@ async fn front_door(
     let (parts, body) = req.into_parts();
     let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     let route = match ctx.listener {
-        Listener::Public => public_route(parts.uri.path()),
+        Listener::Public => public_route(parts.uri.path(), &ctx.shared.metadata.load()),
         Listener::Admin => Route::Admin,
     };
     if target_bytes > limits.request_line_bytes_max {
@@ -172,11 +173,14 @@ fn too_large(max_bytes: u64) -> Reply {
     )
 }
 
-fn public_route(path: &str) -> Route {
+fn public_route(path: &str, metadata: &Metadata) -> Route {
     match path {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
+        // Served from the cache once it holds them; until then the primary answers.
+        p if p == metadata.discovery_path && metadata.discovery.is_some() => Route::Discovery,
+        p if metadata.jwks_path.as_deref() == Some(p) && metadata.jwks.is_some() => Route::Jwks,
         _ => Route::Proxy,
     }
 }
@@ -277,8 +281,34 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
             );
             no_store(reply)
         }
+        Route::Discovery | Route::Jwks => {
+            let metadata = shared.metadata.load();
+            let body = if route == Route::Discovery {
+                &metadata.discovery
+            } else {
+                &metadata.jwks
+            };
+            match body {
+                Some(bytes) => cacheable_json(bytes.clone()),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        }
         Route::Proxy | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Public metadata (discovery, JWKS): cacheable for a few minutes, like providers serve it.
+fn cacheable_json(body: Bytes) -> Reply {
+    let mut reply = Response::new(Either::Left(Full::new(body)));
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    reply.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    reply
 }
 
 /// A plain-text response that caches must not keep.

@@ -170,6 +170,52 @@ impl Upstream {
         self.send(Request::from_parts(parts, Full::new(body))).await
     }
 
+    /// Fetches a document (discovery, JWKS) from the primary as a client of the public issuer
+    /// would: `Host` and `X-Forwarded-Host`/`-Proto` name the issuer, so the provider builds
+    /// its URLs for the public name (FIELD-NOTES). The body is read whole, bounded in size and
+    /// by the request timeout; anything but a 200 is a failure.
+    pub(crate) async fn fetch_as_issuer(
+        &self,
+        path: &str,
+        issuer: &Uri,
+    ) -> Result<Bytes, UpstreamFailure> {
+        let path: hyper::http::uri::PathAndQuery =
+            path.parse().map_err(|_| UpstreamFailure::Garbage)?;
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = self.uri(path)?;
+        if let Some(authority) = issuer.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host.clone());
+            req.headers_mut()
+                .insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        req.headers_mut().insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            self.forwarded_proto.clone(),
+        );
+        req.headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let response = self.send(req).await?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(UpstreamFailure::Garbage);
+        }
+        let limited = http_body_util::Limited::new(
+            response.into_body(),
+            limits::UPSTREAM_BUFFERED_BODY_BYTES_MAX,
+        );
+        match tokio::time::timeout(
+            self.request_timeout,
+            http_body_util::BodyExt::collect(limited),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(_)) => Err(UpstreamFailure::Garbage),
+            Err(_) => Err(UpstreamFailure::Timeout),
+        }
+    }
+
     /// The half-open probe: a GET of the probe path; any 2xx is a healthy primary.
     pub(crate) async fn probe(&self) -> Result<(), UpstreamFailure> {
         let mut req = Request::new(Full::new(Bytes::new()));

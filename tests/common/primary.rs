@@ -97,7 +97,8 @@ impl FakePrimary {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Requests seen, not counting breaker probes of the discovery document.
+    /// Requests seen, not counting fetches of the discovery document (breaker probes and the
+    /// metadata refresher).
     pub fn seen_excluding_probes(&self) -> Vec<Seen> {
         self.seen()
             .into_iter()
