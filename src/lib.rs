@@ -10,3 +10,4 @@ pub mod limits;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod store;

@@ -1,0 +1,1 @@
+//! `backstop inspect`: a read-only report of a store directory (placeholder until written).
