@@ -32,34 +32,74 @@ impl Bound {
 
 /// Bytes of the request head (request line plus all header lines). Over it: 431 and close.
 /// Token requests carry a few small headers; 16 KiB leaves room for a DPoP proof and cookies.
-pub const HEADER_BYTES: Bound = Bound { min: 1024, max: 256 * 1024, default: 16 * 1024 };
+pub const HEADER_BYTES: Bound = Bound {
+    min: 1024,
+    max: 256 * 1024,
+    default: 16 * 1024,
+};
 
 /// Number of header lines in one request. Over it: 431 and close.
-pub const HEADER_COUNT: Bound = Bound { min: 8, max: 512, default: 64 };
+pub const HEADER_COUNT: Bound = Bound {
+    min: 8,
+    max: 512,
+    default: 64,
+};
 
 /// Bytes of a request body. Over it: 413. A token request is a short form; 64 KiB is generous.
-pub const BODY_BYTES: Bound = Bound { min: 1024, max: 16 * 1024 * 1024, default: 64 * 1024 };
+pub const BODY_BYTES: Bound = Bound {
+    min: 1024,
+    max: 16 * 1024 * 1024,
+    default: 64 * 1024,
+};
 
 /// Bytes of the request target (path and query). Over it: 414.
-pub const REQUEST_LINE_BYTES: Bound = Bound { min: 256, max: 64 * 1024, default: 8 * 1024 };
+pub const REQUEST_LINE_BYTES: Bound = Bound {
+    min: 256,
+    max: 64 * 1024,
+    default: 8 * 1024,
+};
 
 /// Milliseconds an idle keep-alive connection may wait for the first byte of its next request.
-pub const KEEP_ALIVE_IDLE_MS: Bound = Bound { min: 100, max: 3_600_000, default: 60_000 };
+pub const KEEP_ALIVE_IDLE_MS: Bound = Bound {
+    min: 100,
+    max: 3_600_000,
+    default: 60_000,
+};
 
 /// Milliseconds from the first byte of a request head to its last (slowloris). Over it: closed.
-pub const HEADER_READ_TIMEOUT_MS: Bound = Bound { min: 100, max: 300_000, default: 10_000 };
+pub const HEADER_READ_TIMEOUT_MS: Bound = Bound {
+    min: 100,
+    max: 300_000,
+    default: 10_000,
+};
 
 /// Milliseconds to receive a whole request body once the head is in. Over it: 408.
-pub const BODY_READ_TIMEOUT_MS: Bound = Bound { min: 100, max: 300_000, default: 10_000 };
+pub const BODY_READ_TIMEOUT_MS: Bound = Bound {
+    min: 100,
+    max: 300_000,
+    default: 10_000,
+};
 
 /// Open client connections per worker thread. Over it: 503 and close.
-pub const CONNECTIONS_PER_WORKER: Bound = Bound { min: 1, max: 1_000_000, default: 10_000 };
+pub const CONNECTIONS_PER_WORKER: Bound = Bound {
+    min: 1,
+    max: 1_000_000,
+    default: 10_000,
+};
 
 /// Milliseconds a graceful shutdown waits for in-flight requests before closing them.
-pub const SHUTDOWN_GRACE_MS: Bound = Bound { min: 0, max: 600_000, default: 10_000 };
+pub const SHUTDOWN_GRACE_MS: Bound = Bound {
+    min: 0,
+    max: 600_000,
+    default: 10_000,
+};
 
 /// Worker threads. 0 in the configuration means one per core.
-pub const WORKERS: Bound = Bound { min: 0, max: 1024, default: 0 };
+pub const WORKERS: Bound = Bound {
+    min: 0,
+    max: 1024,
+    default: 0,
+};
 
 /// Bytes of a configuration file we are willing to read.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -98,11 +138,19 @@ const _: () = {
 /// Shards of the session store. Fixed when a store is created (keys are routed by hash modulo
 /// this), so a reopen with another value is refused. 64 keeps segments small enough that a
 /// full-shard compaction stays short, and is far below the open-file budget.
-pub const STORE_SHARDS: Bound = Bound { min: 1, max: 4096, default: 64 };
+pub const STORE_SHARDS: Bound = Bound {
+    min: 1,
+    max: 4096,
+    default: 64,
+};
 
 /// WAL writer groups: each owns one WAL file, one writer thread, and one fsync per batch. On two
 /// cores two writers keep the disk busy; more only adds fsyncs.
-pub const STORE_WAL_GROUPS: Bound = Bound { min: 1, max: 64, default: 2 };
+pub const STORE_WAL_GROUPS: Bound = Bound {
+    min: 1,
+    max: 64,
+    default: 2,
+};
 
 /// Bytes of one encoded record (a session snapshot with its claim templates). A real snapshot
 /// is a few KiB; 256 KiB bounds what a corrupt length prefix can make us allocate.
@@ -121,12 +169,19 @@ pub const STORE_BATCH_RECORDS_MAX: usize = 16 * 1024;
 pub const STORE_QUEUE_RECORDS_MAX: usize = 64 * 1024;
 
 /// Bytes in a shard's in-memory table that make the background compactor flush its group.
-pub const STORE_MEMTABLE_BYTES: Bound =
-    Bound { min: 64 * 1024, max: 16 * 1024 * 1024 * 1024, default: 256 * 1024 * 1024 };
+pub const STORE_MEMTABLE_BYTES: Bound = Bound {
+    min: 64 * 1024,
+    max: 16 * 1024 * 1024 * 1024,
+    default: 256 * 1024 * 1024,
+};
 
 /// Background compactor ticks (seconds) with a non-empty in-memory table before it flushes
 /// anyway, so the WAL replayed at the next open stays short.
-pub const STORE_COMPACT_AGE_SECS: Bound = Bound { min: 1, max: 86_400, default: 300 };
+pub const STORE_COMPACT_AGE_SECS: Bound = Bound {
+    min: 1,
+    max: 86_400,
+    default: 300,
+};
 
 /// Segment files at or below this size are fully validated at open before they serve;
 /// larger ones serve at once through checked access while a background pass validates them.

@@ -10,7 +10,9 @@ use crate::store::{RecordKey, wal};
 pub fn wal_records(data: &[u8]) {
     let mut at = 0usize;
     while let Some(rest) = data.get(at..) {
-        let Ok((rec, used)) = wal::decode_record(rest) else { break };
+        let Ok((rec, used)) = wal::decode_record(rest) else {
+            break;
+        };
         if rec.kind != crate::store::format::kind::TOMBSTONE {
             let _ = RecordBytes::check_owned(rec.kind, segment::aligned_copy(rec.body));
         }

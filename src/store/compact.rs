@@ -44,7 +44,10 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
     let lock = dir::lock(dir_path)?;
     let shard_count = dir::check_or_write_format(dir_path, opts.shard_count)?;
     if shard_count != opts.shard_count {
-        return Err(StoreError::ShardCountMismatch { configured: opts.shard_count, on_disk: shard_count });
+        return Err(StoreError::ShardCountMismatch {
+            configured: opts.shard_count,
+            on_disk: shard_count,
+        });
     }
     let keys = Keys::load_or_create(dir_path)?;
     let group_count = opts.wal_groups.min(shard_count).max(1);
@@ -66,7 +69,9 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             events.push(RecoveryEvent::StaleFileRemoved { path });
             continue;
         }
-        let Some((shard, generation)) = dir::parse_seg_name(&name) else { continue };
+        let Some((shard, generation)) = dir::parse_seg_name(&name) else {
+            continue;
+        };
         max_generation = max_generation.max(generation);
         seg_files.push((shard, generation, path));
         let e = newest.entry(shard).or_insert(generation);
@@ -83,7 +88,9 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
         let opened = Segment::open(&path, generation).and_then(|s| {
             let h = s.header();
             if h.shard != shard || h.shard_count != shard_count {
-                return Err(OpenSegmentError::Invalid(super::SegmentError::Header { field: "shard" }));
+                return Err(OpenSegmentError::Invalid(super::SegmentError::Header {
+                    field: "shard",
+                }));
             }
             Ok(s)
         });
@@ -95,13 +102,23 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
                 }
                 shard_segments.insert(shard, seg);
             }
-            Err(OpenSegmentError::Invalid(super::SegmentError::NewerFormat { found, supported })) => {
-                return Err(StoreError::NewerFormat { path, found, supported });
+            Err(OpenSegmentError::Invalid(super::SegmentError::NewerFormat {
+                found,
+                supported,
+            })) => {
+                return Err(StoreError::NewerFormat {
+                    path,
+                    found,
+                    supported,
+                });
             }
             Err(e) => {
                 let to = dir::quarantine(dir_path, &path)?;
                 quarantined += 1;
-                events.push(RecoveryEvent::SegmentQuarantined { path: to, reason: e.to_string() });
+                events.push(RecoveryEvent::SegmentQuarantined {
+                    path: to,
+                    reason: e.to_string(),
+                });
             }
         }
     }
@@ -130,27 +147,45 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
                 continue;
             }
             Some(h) if h.format_version > FORMAT_VERSION => {
-                return Err(StoreError::NewerFormat { path: path.clone(), found: h.format_version, supported: FORMAT_VERSION });
+                return Err(StoreError::NewerFormat {
+                    path: path.clone(),
+                    found: h.format_version,
+                    supported: FORMAT_VERSION,
+                });
             }
             Some(_) => {}
         }
         let (_, torn) = wal::replay(&bytes, |rec| {
             let shard = rec.key.shard(shard_count);
             let value = if rec.kind == kind::TOMBSTONE {
-                MemValue { rec: None, bytes: MEM_ENTRY_OVERHEAD_BYTES }
+                MemValue {
+                    rec: None,
+                    bytes: MEM_ENTRY_OVERHEAD_BYTES,
+                }
             } else {
-                let Some(r) = RecordBytes::check_owned(rec.kind, segment::aligned_copy(rec.body)) else {
+                let Some(r) = RecordBytes::check_owned(rec.kind, segment::aligned_copy(rec.body))
+                else {
                     return false;
                 };
                 let bytes = r.bytes().len() as u64 + MEM_ENTRY_OVERHEAD_BYTES;
-                MemValue { rec: Some(r), bytes }
+                MemValue {
+                    rec: Some(r),
+                    bytes,
+                }
             };
-            replayed.entry(shard).or_default().insert(rec.key.0, Arc::new(value));
+            replayed
+                .entry(shard)
+                .or_default()
+                .insert(rec.key.0, Arc::new(value));
             true
         });
         if let Some(t) = torn {
-            let f = OpenOptions::new().write(true).open(path).map_err(io_err("open wal", path))?;
-            f.set_len(t.good_bytes).map_err(io_err("truncate wal", path))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err("open wal", path))?;
+            f.set_len(t.good_bytes)
+                .map_err(io_err("truncate wal", path))?;
             f.sync_all().map_err(io_err("fsync wal", path))?;
             truncations += 1;
             events.push(RecoveryEvent::WalTruncated {
@@ -168,7 +203,11 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             let mem_bytes = mem.values().map(|v| v.bytes).sum();
             let segments = shard_segments.remove(&i).into_iter().collect();
             Shard {
-                state: ArcSwap::from_pointee(ShardState { mem, mem_bytes, segments }),
+                state: ArcSwap::from_pointee(ShardState {
+                    mem,
+                    mem_bytes,
+                    segments,
+                }),
                 modify: Mutex::new(()),
             }
         })
@@ -209,7 +248,10 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
         senders.push(tx);
         writers.push(h);
     }
-    let engine = Engine { core: Arc::clone(&core), senders };
+    let engine = Engine {
+        core: Arc::clone(&core),
+        senders,
+    };
 
     let mut validators = Vec::new();
     if !later.is_empty() {
@@ -234,7 +276,12 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             Some((stop, h))
         }
     };
-    Ok(Store { engine, writers, compactor, validators })
+    Ok(Store {
+        engine,
+        writers,
+        compactor,
+        validators,
+    })
 }
 
 fn validate_in_background(core: &Core, segs: Vec<Arc<Segment>>) {
@@ -244,7 +291,10 @@ fn validate_in_background(core: &Core, segs: Vec<Arc<Segment>>) {
             match dir::quarantine(&core.dir, seg.path()) {
                 Ok(to) => {
                     core.quarantined.fetch_add(1, Ordering::Relaxed);
-                    core.record_event(RecoveryEvent::SegmentQuarantined { path: to, reason: e.to_string() });
+                    core.record_event(RecoveryEvent::SegmentQuarantined {
+                        path: to,
+                        reason: e.to_string(),
+                    });
                 }
                 Err(qe) => tracing::error!(error = %qe, "could not quarantine a failed segment"),
             }
@@ -278,7 +328,9 @@ fn background(
                     entries += st.mem.len();
                 }
             }
-            let Some(last_g) = last.get_mut(g as usize) else { continue };
+            let Some(last_g) = last.get_mut(g as usize) else {
+                continue;
+            };
             let aged = entries > 0 && tick.saturating_sub(*last_g) >= age_secs;
             if bytes > bytes_max || aged {
                 if let Err(e) = engine.compact_group(g, clock()) {
@@ -294,7 +346,8 @@ impl Engine {
     fn rotate(&self, group: u32) -> Result<u64, StoreError> {
         let tx = self.senders.get(group as usize).ok_or(StoreError::Closed)?;
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
-        tx.blocking_send(WriterMsg::Rotate(reply)).map_err(|_| StoreError::Closed)?;
+        tx.blocking_send(WriterMsg::Rotate(reply))
+            .map_err(|_| StoreError::Closed)?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -327,9 +380,14 @@ impl Engine {
 }
 
 fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreError> {
-    let Some(shard) = core.shards.get(shard_id as usize) else { return Ok(()) };
+    let Some(shard) = core.shards.get(shard_id as usize) else {
+        return Ok(());
+    };
     let snap = shard.state.load_full();
-    let expiring = snap.segments.iter().any(|s| s.header().min_expires_at_secs <= now_secs);
+    let expiring = snap
+        .segments
+        .iter()
+        .any(|s| s.header().min_expires_at_secs <= now_secs);
     if snap.mem.is_empty() && !expiring && snap.segments.len() <= 1 {
         return Ok(());
     }
@@ -364,7 +422,12 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
     } else {
         let build: Vec<BuildRecord<'_>> = input
             .iter()
-            .map(|(k, r, exp)| BuildRecord { key: RecordKey(*k), kind: r.kind(), bytes: r.bytes(), expires_at_secs: *exp })
+            .map(|(k, r, exp)| BuildRecord {
+                key: RecordKey(*k),
+                kind: r.kind(),
+                bytes: r.bytes(),
+                expires_at_secs: *exp,
+            })
             .collect();
         let bytes = segment::build(shard_id, core.shard_count, &build);
         let generation = core.next_generation();
@@ -391,8 +454,13 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
                 source: std::io::Error::other(e.to_string()),
             })?;
         debug_assert_eq!(seg.header().record_count, input.len() as u64);
-        let written = segment::Header::decode(&bytes).ok().map(|h| (h.index_xxh3, h.body_xxh3));
-        debug_assert_eq!(written, Some((seg.header().index_xxh3, seg.header().body_xxh3)));
+        let written = segment::Header::decode(&bytes)
+            .ok()
+            .map(|h| (h.index_xxh3, h.body_xxh3));
+        debug_assert_eq!(
+            written,
+            Some((seg.header().index_xxh3, seg.header().body_xxh3))
+        );
         Some(Arc::new(seg))
     };
 
@@ -403,7 +471,11 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
         // Entries written after the snapshot stay; those the segment now holds go.
         mem.retain(|k, v| snap.mem.get(k).is_none_or(|s| !Arc::ptr_eq(s, v)));
         let mem_bytes = mem.values().map(|v| v.bytes).sum();
-        shard.state.store(Arc::new(ShardState { mem, mem_bytes, segments: new_segment.into_iter().collect() }));
+        shard.state.store(Arc::new(ShardState {
+            mem,
+            mem_bytes,
+            segments: new_segment.into_iter().collect(),
+        }));
     }
     // Readers that loaded the old state keep their mappings; unlinking leaves those valid.
     let mut removed = false;
@@ -418,4 +490,3 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
     }
     Ok(())
 }
-

@@ -21,13 +21,22 @@ pub const FORMAT_FILE: &str = "FORMAT";
 pub const LOCK_FILE: &str = "LOCK";
 
 /// Maps an I/O error to a `StoreError::Io` naming `op` and `path`.
-pub fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+pub fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
 }
 
 /// Creates `dir` (mode 0700) and its sub-directories if missing.
@@ -72,20 +81,37 @@ pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<u32, StoreE
     match File::open(&path) {
         Ok(f) => {
             let mut s = String::new();
-            f.take(4096).read_to_string(&mut s).map_err(io_err("read", &path))?;
-            let bad = |reason| StoreError::BadFormatFile { path: path.clone(), reason };
+            f.take(4096)
+                .read_to_string(&mut s)
+                .map_err(io_err("read", &path))?;
+            let bad = |reason| StoreError::BadFormatFile {
+                path: path.clone(),
+                reason,
+            };
             let mut version = None;
             let mut shards = None;
             for line in s.lines() {
                 if let Some(v) = line.strip_prefix("format_version=") {
-                    version = Some(v.trim().parse::<u32>().map_err(|_| bad("format_version is not a number"))?);
+                    version = Some(
+                        v.trim()
+                            .parse::<u32>()
+                            .map_err(|_| bad("format_version is not a number"))?,
+                    );
                 } else if let Some(v) = line.strip_prefix("shard_count=") {
-                    shards = Some(v.trim().parse::<u32>().map_err(|_| bad("shard_count is not a number"))?);
+                    shards = Some(
+                        v.trim()
+                            .parse::<u32>()
+                            .map_err(|_| bad("shard_count is not a number"))?,
+                    );
                 }
             }
             let version = version.ok_or_else(|| bad("no format_version line"))?;
             if version > FORMAT_VERSION {
-                return Err(StoreError::NewerFormat { path, found: version, supported: FORMAT_VERSION });
+                return Err(StoreError::NewerFormat {
+                    path,
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
             }
             let shards = shards.ok_or_else(|| bad("no shard_count line"))?;
             if shards == 0 {
@@ -105,7 +131,8 @@ pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<u32, StoreE
             let body = format!(
                 "backstop session store\nformat_version={FORMAT_VERSION}\nshard_count={shard_count}\n"
             );
-            f.write_all(body.as_bytes()).map_err(io_err("write", &tmp))?;
+            f.write_all(body.as_bytes())
+                .map_err(io_err("write", &tmp))?;
             f.sync_all().map_err(io_err("fsync", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
             sync_dir(dir)?;
@@ -117,12 +144,14 @@ pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<u32, StoreE
 
 /// `wal/g{group}-{generation}.wal`
 pub fn wal_path(dir: &Path, group: u32, generation: u64) -> PathBuf {
-    dir.join(WAL_DIR).join(format!("g{group:03}-{generation:016x}.wal"))
+    dir.join(WAL_DIR)
+        .join(format!("g{group:03}-{generation:016x}.wal"))
 }
 
 /// `segments/s{shard}-{generation}.seg`
 pub fn seg_path(dir: &Path, shard: u32, generation: u64) -> PathBuf {
-    dir.join(SEG_DIR).join(format!("s{shard:05}-{generation:016x}.seg"))
+    dir.join(SEG_DIR)
+        .join(format!("s{shard:05}-{generation:016x}.seg"))
 }
 
 /// `segments/tmp-{generation}.seg`: a compaction output before its rename.
@@ -159,7 +188,10 @@ pub fn list(dir: &Path) -> Result<Vec<String>, StoreError> {
 
 /// Moves a failed segment to `quarantine/`, keeping its name, and makes the move durable.
 pub fn quarantine(dir: &Path, seg: &Path) -> Result<PathBuf, StoreError> {
-    let name = seg.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = seg
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let to = dir.join(QUARANTINE_DIR).join(name);
     std::fs::rename(seg, &to).map_err(io_err("rename to quarantine", seg))?;
     sync_dir(&dir.join(SEG_DIR))?;

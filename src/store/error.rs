@@ -64,7 +64,9 @@ pub enum StoreError {
         max: u64,
     },
     /// A secret file is readable or writable by group or others.
-    #[error("secret file {path} has mode {mode:o}: it must not be accessible to group or others (chmod 600)")]
+    #[error(
+        "secret file {path} has mode {mode:o}: it must not be accessible to group or others (chmod 600)"
+    )]
     SecretPermissions {
         /// The file.
         path: PathBuf,
@@ -105,7 +107,9 @@ pub enum StoreError {
         reason: String,
     },
     /// A WAL group had a write or fsync error earlier and takes no more writes.
-    #[error("WAL group {group} is failed after an earlier {op} error and takes no writes: {detail}")]
+    #[error(
+        "WAL group {group} is failed after an earlier {op} error and takes no writes: {detail}"
+    )]
     GroupFailed {
         /// The group.
         group: u32,

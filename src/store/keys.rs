@@ -64,7 +64,10 @@ impl Keys {
         session: [u8; SESSION_SECRET_BYTES],
         pepper: [u8; ARTIFACT_PEPPER_BYTES],
     ) -> Self {
-        Keys { session: SessionSecret(session), pepper: ArtifactPepper(pepper) }
+        Keys {
+            session: SessionSecret(session),
+            pepper: ArtifactPepper(pepper),
+        }
     }
 
     /// Loads both secrets from `dir`, generating any that do not exist yet.
@@ -91,7 +94,10 @@ impl Keys {
         }
         // INVARIANT: the secret is SESSION_SECRET_BYTES >= SECRET_SIZE_MIN (asserted above),
         // so xxh3's length assertion cannot fire.
-        RecordKey(xxhash_rust::xxh3::xxh3_128_with_secret(&buf, &self.session.0))
+        RecordKey(xxhash_rust::xxh3::xxh3_128_with_secret(
+            &buf,
+            &self.session.0,
+        ))
     }
 
     /// HMAC-SHA-256 under the pepper over the kind byte and the raw credential.
@@ -117,15 +123,26 @@ pub fn artifact_key(digest: &ArtifactDigest) -> RecordKey {
 
 fn load_or_create_secret(path: &Path, out: &mut [u8]) -> Result<(), StoreError> {
     let io = |op: &'static str| {
-        move |source: std::io::Error| StoreError::Io { op, path: path.to_path_buf(), source }
+        move |source: std::io::Error| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     };
-    match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(mut f) => {
             getrandom::fill(out).map_err(|e| StoreError::Random(e.to_string()))?;
             f.write_all(out).map_err(io("write secret"))?;
             f.sync_all().map_err(io("fsync secret"))?;
             if let Some(parent) = path.parent() {
-                File::open(parent).and_then(|d| d.sync_all()).map_err(io("fsync dir"))?;
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("fsync dir"))?;
             }
             Ok(())
         }
@@ -134,7 +151,10 @@ fn load_or_create_secret(path: &Path, out: &mut [u8]) -> Result<(), StoreError> 
             let meta = f.metadata().map_err(io("stat secret"))?;
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                return Err(StoreError::SecretPermissions { path: path.to_path_buf(), mode });
+                return Err(StoreError::SecretPermissions {
+                    path: path.to_path_buf(),
+                    mode,
+                });
             }
             if meta.len() != out.len() as u64 {
                 return Err(StoreError::SecretLength {
@@ -206,6 +226,9 @@ mod tests {
         let p = dir.path().join(ARTIFACT_PEPPER_FILE);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = Keys::load_or_create(dir.path()).err().unwrap();
-        assert!(matches!(err, StoreError::SecretPermissions { mode: 0o640, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::SecretPermissions { mode: 0o640, .. }),
+            "{err}"
+        );
     }
 }

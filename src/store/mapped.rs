@@ -109,12 +109,17 @@ impl ValidatedSegment {
             let Some((a, b)) = claimed_range(&claim, records_start, records_end) else {
                 return Err(i);
             };
-            let Some(rec) = bytes.get(a..b) else { return Err(i) };
+            let Some(rec) = bytes.get(a..b) else {
+                return Err(i);
+            };
             if xxhash_rust::xxh3::xxh3_64(rec) != claim.xxh3 || !check_archive(claim.kind, rec) {
                 return Err(i);
             }
         }
-        Ok(ValidatedSegment { records_start, records_end })
+        Ok(ValidatedSegment {
+            records_start,
+            records_end,
+        })
     }
 }
 
@@ -137,7 +142,12 @@ impl RecordBytes {
         if xxhash_rust::xxh3::xxh3_64(rec) != claim.xxh3 || !check_archive(claim.kind, rec) {
             return None;
         }
-        Some(RecordBytes { backing: Arc::clone(backing), start: a, end: b, kind: claim.kind })
+        Some(RecordBytes {
+            backing: Arc::clone(backing),
+            start: a,
+            end: b,
+            kind: claim.kind,
+        })
     }
 
     /// Proves a record of a validated segment by its checksum alone: every record of it
@@ -155,7 +165,12 @@ impl RecordBytes {
         if !matches!(claim.kind, kind::SESSION | kind::ARTIFACT) {
             return None;
         }
-        Some(RecordBytes { backing: Arc::clone(backing), start: a, end: b, kind: claim.kind })
+        Some(RecordBytes {
+            backing: Arc::clone(backing),
+            start: a,
+            end: b,
+            kind: claim.kind,
+        })
     }
 
     /// Proves a whole heap buffer (a WAL payload or a fresh serialization) by checked access.
@@ -164,7 +179,12 @@ impl RecordBytes {
             return None;
         }
         let end = buf.len();
-        Some(RecordBytes { backing: Arc::new(Backing::Heap(buf)), start: 0, end, kind: kind_byte })
+        Some(RecordBytes {
+            backing: Arc::new(Backing::Heap(buf)),
+            start: 0,
+            end,
+            kind: kind_byte,
+        })
     }
 
     /// The record kind.
@@ -176,7 +196,10 @@ impl RecordBytes {
     pub fn bytes(&self) -> &[u8] {
         // INVARIANT: start..end was checked against the backing length at construction and
         // the backing never shrinks.
-        self.backing.bytes().get(self.start..self.end).unwrap_or(&[])
+        self.backing
+            .bytes()
+            .get(self.start..self.end)
+            .unwrap_or(&[])
     }
 
     /// The record as a session, if it is one.
@@ -291,12 +314,27 @@ mod tests {
         assert!(RecordBytes::check_claim(&backing, &good).is_some());
         for bad in [
             SlotClaim { offset: 31, ..good },
-            SlotClaim { xxh3: good.xxh3 ^ 1, ..good },
-            SlotClaim { len: good.len + 1, ..good },
-            SlotClaim { offset: u64::MAX - 3, ..good },
+            SlotClaim {
+                xxh3: good.xxh3 ^ 1,
+                ..good
+            },
+            SlotClaim {
+                len: good.len + 1,
+                ..good
+            },
+            SlotClaim {
+                offset: u64::MAX - 3,
+                ..good
+            },
         ] {
-            assert!(RecordBytes::check_claim(&backing, &bad).is_none(), "{bad:?}");
-            assert!(RecordBytes::from_validated(&proof, &backing, &bad).is_none(), "{bad:?}");
+            assert!(
+                RecordBytes::check_claim(&backing, &bad).is_none(),
+                "{bad:?}"
+            );
+            assert!(
+                RecordBytes::from_validated(&proof, &backing, &bad).is_none(),
+                "{bad:?}"
+            );
         }
         let art = DiskArtifact {
             kind: 1,
@@ -309,7 +347,10 @@ mod tests {
             expires_at_secs: 2,
         };
         let abytes = rkyv::to_bytes::<rkyv::rancor::Error>(&art).unwrap();
-        let a = RecordBytes::check_owned(kind::ARTIFACT, abytes).unwrap().into_artifact().unwrap();
+        let a = RecordBytes::check_owned(kind::ARTIFACT, abytes)
+            .unwrap()
+            .into_artifact()
+            .unwrap();
         assert_eq!(a.expires_at_secs(), 2);
     }
 
@@ -330,6 +371,9 @@ mod tests {
         }
         let backing = Backing::Heap(flipped);
         let n = backing.bytes().len();
-        assert_eq!(ValidatedSegment::prove(&backing, 0, n, [claim].into_iter()).err(), Some(0));
+        assert_eq!(
+            ValidatedSegment::prove(&backing, 0, n, [claim].into_iter()).err(),
+            Some(0)
+        );
     }
 }

@@ -42,10 +42,10 @@ pub use model::{
 };
 pub use wal::{StdWalBackend, WalBackend, WalFile};
 
+use crate::limits;
 use format::{DiskArtifact, DiskSession, kind};
 use mapped::RecordBytes;
 use segment::{Found, Segment};
-use crate::limits;
 
 /// Unix seconds now. Injected so the store never reads the clock itself.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -95,19 +95,43 @@ impl StoreOpts {
 
     /// Defaults from `limits`, with background compaction reading time from `clock`.
     pub fn background(clock: Clock) -> Self {
-        StoreOpts { compaction: Compaction::Background { clock }, ..StoreOpts::manual() }
+        StoreOpts {
+            compaction: Compaction::Background { clock },
+            ..StoreOpts::manual()
+        }
     }
 
     fn check(&self) -> Result<(), StoreError> {
         let checks = [
-            ("shard_count", u64::from(self.shard_count), limits::STORE_SHARDS),
-            ("wal_groups", u64::from(self.wal_groups), limits::STORE_WAL_GROUPS),
-            ("memtable_bytes_max", self.memtable_bytes_max, limits::STORE_MEMTABLE_BYTES),
-            ("compact_age_secs", self.compact_age_secs, limits::STORE_COMPACT_AGE_SECS),
+            (
+                "shard_count",
+                u64::from(self.shard_count),
+                limits::STORE_SHARDS,
+            ),
+            (
+                "wal_groups",
+                u64::from(self.wal_groups),
+                limits::STORE_WAL_GROUPS,
+            ),
+            (
+                "memtable_bytes_max",
+                self.memtable_bytes_max,
+                limits::STORE_MEMTABLE_BYTES,
+            ),
+            (
+                "compact_age_secs",
+                self.compact_age_secs,
+                limits::STORE_COMPACT_AGE_SECS,
+            ),
         ];
         for (field, value, b) in checks {
             if !b.allows(value) {
-                return Err(StoreError::OptionOutOfRange { field, value, min: b.min, max: b.max });
+                return Err(StoreError::OptionOutOfRange {
+                    field,
+                    value,
+                    min: b.min,
+                    max: b.max,
+                });
             }
         }
         Ok(())
@@ -338,7 +362,11 @@ fn check_snapshot(s: &SessionSnapshot) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn prepared(kind_byte: u8, key: RecordKey, body: Option<rkyv::util::AlignedVec>) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
+fn prepared(
+    kind_byte: u8,
+    key: RecordKey,
+    body: Option<rkyv::util::AlignedVec>,
+) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
     let mut wal = Vec::with_capacity(64 + body.as_ref().map_or(0, |b| b.len()));
     let rec = match body {
         Some(b) => {
@@ -354,10 +382,12 @@ fn prepared(kind_byte: u8, key: RecordKey, body: Option<rkyv::util::AlignedVec>)
             wal::encode_record(kind_byte, key, &b, &mut wal);
             // Proving our own serialization costs a bytecheck pass per write, off the read
             // path, and makes every in-memory record reach readers through the same proof.
-            Some(RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
-                what: "session",
-                reason: "serialized bytes failed validation".into(),
-            })?)
+            Some(
+                RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
+                    what: "session",
+                    reason: "serialized bytes failed validation".into(),
+                })?,
+            )
         }
         None => {
             wal::encode_record(kind::TOMBSTONE, key, &[], &mut wal);
@@ -378,7 +408,12 @@ impl Store {
 
     /// What recovery found at open and what validation found since.
     pub fn recovery_report(&self) -> Vec<RecoveryEvent> {
-        self.engine.core.report.lock().map(|r| r.clone()).unwrap_or_default()
+        self.engine
+            .core
+            .report
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// The keyed digest of a raw credential (the raw value is not kept).
@@ -403,9 +438,15 @@ impl Store {
             let (rec, wal) = prepared?;
             let tx = tx.ok_or(StoreError::Closed)?;
             let (done, rx) = tokio::sync::oneshot::channel();
-            tx.send(WriterMsg::Write(WriteOp { shard, key, rec, wal, done }))
-                .await
-                .map_err(|_| StoreError::Closed)?;
+            tx.send(WriterMsg::Write(WriteOp {
+                shard,
+                key,
+                rec,
+                wal,
+                done,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         }
     }
@@ -419,7 +460,10 @@ impl Store {
         let key = self.engine.core.keys.session_key(&s.identity);
         let prepared = check_snapshot(s).and_then(|()| {
             let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(s))
-                .map_err(|e| StoreError::Encode { what: "session", reason: e.to_string() })?;
+                .map_err(|e| StoreError::Encode {
+                    what: "session",
+                    reason: e.to_string(),
+                })?;
             prepared(kind::SESSION, key, Some(body))
         });
         self.submit(key, prepared)
@@ -431,14 +475,22 @@ impl Store {
         a: &ArtifactRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let key = keys::artifact_key(&a.digest);
-        let prepared = [("tenant", &a.tenant), ("user", &a.user), ("device", &a.device), ("app", &a.app)]
-            .into_iter()
-            .try_for_each(|(f, v)| check_len(f, v))
-            .and_then(|()| {
-                let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a))
-                    .map_err(|e| StoreError::Encode { what: "artifact", reason: e.to_string() })?;
-                prepared(kind::ARTIFACT, key, Some(body))
-            });
+        let prepared = [
+            ("tenant", &a.tenant),
+            ("user", &a.user),
+            ("device", &a.device),
+            ("app", &a.app),
+        ]
+        .into_iter()
+        .try_for_each(|(f, v)| check_len(f, v))
+        .and_then(|()| {
+            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a))
+                .map_err(|e| StoreError::Encode {
+                    what: "artifact",
+                    reason: e.to_string(),
+                })?;
+            prepared(kind::ARTIFACT, key, Some(body))
+        });
         self.submit(key, prepared)
     }
 

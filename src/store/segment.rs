@@ -102,22 +102,31 @@ impl Header {
     /// Decodes and checks a header against the file length: magic, version, header checksum,
     /// and that the declared regions tile the file. Cheap: touches only the first 128 bytes.
     pub fn decode(b: &[u8]) -> Result<Header, SegmentError> {
-        let h = b.get(..HEADER_BYTES).ok_or(SegmentError::Truncated { what: "header" })?;
+        let h = b
+            .get(..HEADER_BYTES)
+            .ok_or(SegmentError::Truncated { what: "header" })?;
         if h.get(..8) != Some(&MAGIC[..]) {
             return Err(SegmentError::BadMagic);
         }
         let version = le_u32(h, 8);
         if version > FORMAT_VERSION {
-            return Err(SegmentError::NewerFormat { found: version, supported: FORMAT_VERSION });
+            return Err(SegmentError::NewerFormat {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         if xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[])) != le_u64(h, 120) {
             return Err(SegmentError::Checksum { region: "header" });
         }
         if version == 0 {
-            return Err(SegmentError::Header { field: "format_version" });
+            return Err(SegmentError::Header {
+                field: "format_version",
+            });
         }
         if le_u32(h, 20) as usize != SLOT_BYTES {
-            return Err(SegmentError::Header { field: "slot_bytes" });
+            return Err(SegmentError::Header {
+                field: "slot_bytes",
+            });
         }
         let hd = Header {
             format_version: version,
@@ -138,24 +147,36 @@ impl Header {
             return Err(SegmentError::Header { field: "shard" });
         }
         if !hd.slot_count.is_power_of_two() || hd.slot_count > limits::STORE_SEGMENT_SLOTS_MAX {
-            return Err(SegmentError::Header { field: "slot_count" });
+            return Err(SegmentError::Header {
+                field: "slot_count",
+            });
         }
         // Probing stops at an empty slot: at least one must exist.
         if hd.record_count >= hd.slot_count {
-            return Err(SegmentError::Header { field: "record_count" });
+            return Err(SegmentError::Header {
+                field: "record_count",
+            });
         }
         if hd.session_count.checked_add(hd.artifact_count) != Some(hd.record_count) {
-            return Err(SegmentError::Header { field: "session_count" });
+            return Err(SegmentError::Header {
+                field: "session_count",
+            });
         }
         let index_end = (HEADER_BYTES as u64)
             .checked_add(hd.slot_count.saturating_mul(SLOT_BYTES as u64))
-            .ok_or(SegmentError::Header { field: "slot_count" })?;
+            .ok_or(SegmentError::Header {
+                field: "slot_count",
+            })?;
         if hd.records_offset < index_end || hd.records_offset % RECORD_ALIGN as u64 != 0 {
-            return Err(SegmentError::Header { field: "records_offset" });
+            return Err(SegmentError::Header {
+                field: "records_offset",
+            });
         }
         let end = hd.records_offset.checked_add(hd.records_bytes);
         if end != Some(b.len() as u64) {
-            return Err(SegmentError::Truncated { what: "records region" });
+            return Err(SegmentError::Truncated {
+                what: "records region",
+            });
         }
         Ok(hd)
     }
@@ -209,13 +230,18 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
     let b = backing.bytes();
     let h = Header::decode(b)?;
     let (ia, ib) = h.index_range();
-    let index = b.get(ia..ib).ok_or(SegmentError::Truncated { what: "index" })?;
+    let index = b
+        .get(ia..ib)
+        .ok_or(SegmentError::Truncated { what: "index" })?;
     if xxhash_rust::xxh3::xxh3_64(index) != h.index_xxh3 {
         return Err(SegmentError::Checksum { region: "index" });
     }
-    let records_start =
-        usize::try_from(h.records_offset).map_err(|_| SegmentError::Header { field: "records_offset" })?;
-    let body = b.get(records_start..).ok_or(SegmentError::Truncated { what: "records" })?;
+    let records_start = usize::try_from(h.records_offset).map_err(|_| SegmentError::Header {
+        field: "records_offset",
+    })?;
+    let body = b
+        .get(records_start..)
+        .ok_or(SegmentError::Truncated { what: "records" })?;
     if xxhash_rust::xxh3::xxh3_64(body) != h.body_xxh3 {
         return Err(SegmentError::Checksum { region: "body" });
     }
@@ -229,24 +255,39 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
         match slot.claim.kind {
             kind::SESSION => sessions += 1,
             kind::ARTIFACT => artifacts += 1,
-            _ => return Err(SegmentError::Slot { slot: i, reason: "unknown kind" }),
+            _ => {
+                return Err(SegmentError::Slot {
+                    slot: i,
+                    reason: "unknown kind",
+                });
+            }
         }
         // A key must sit in its home slot or after it in its probe run; otherwise a lookup
         // would not find it. Checked cheaply: the home slot is occupied.
         let home = slot.key as u64 & (h.slot_count - 1);
         if read_slot(b, &h, home).is_none_or(|s| s.claim.len == 0) {
-            return Err(SegmentError::Slot { slot: i, reason: "home slot empty" });
+            return Err(SegmentError::Slot {
+                slot: i,
+                reason: "home slot empty",
+            });
         }
         occupied.push((i, slot.claim));
     }
     if sessions != h.session_count || artifacts != h.artifact_count {
-        return Err(SegmentError::Header { field: "record_count" });
+        return Err(SegmentError::Header {
+            field: "record_count",
+        });
     }
-    let proof = ValidatedSegment::prove(backing, records_start, b.len(), occupied.iter().map(|(_, c)| *c))
-        .map_err(|n| SegmentError::Record {
-            slot: occupied.get(n).map_or(0, |(i, _)| *i),
-            reason: "checksum or archive validation failed",
-        })?;
+    let proof = ValidatedSegment::prove(
+        backing,
+        records_start,
+        b.len(),
+        occupied.iter().map(|(_, c)| *c),
+    )
+    .map_err(|n| SegmentError::Record {
+        slot: occupied.get(n).map_or(0, |(i, _)| *i),
+        reason: "checksum or archive validation failed",
+    })?;
     Ok((h, proof))
 }
 
@@ -268,8 +309,10 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
     let slot_count = (n.saturating_mul(2)).max(2).next_power_of_two();
     let index_len = slot_count as usize * SLOT_BYTES;
     let records_offset = (HEADER_BYTES + index_len).next_multiple_of(RECORD_ALIGN);
-    let body_len: usize =
-        records.iter().map(|r| r.bytes.len().next_multiple_of(RECORD_ALIGN)).sum();
+    let body_len: usize = records
+        .iter()
+        .map(|r| r.bytes.len().next_multiple_of(RECORD_ALIGN))
+        .sum();
     let mut out = vec![0u8; records_offset + body_len];
     let (mut min_exp, mut max_exp) = (i64::MAX, i64::MIN);
     let (mut sessions, mut artifacts) = (0u64, 0u64);
@@ -299,7 +342,9 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         let mut i = r.key.slot_hash() & mask;
         loop {
             let sa = HEADER_BYTES + i as usize * SLOT_BYTES;
-            let Some(dst) = out.get_mut(sa..sa + SLOT_BYTES) else { break };
+            let Some(dst) = out.get_mut(sa..sa + SLOT_BYTES) else {
+                break;
+            };
             // Length bytes 24..28 are zero only in an empty slot.
             if dst.get(24..28) == Some(&[0, 0, 0, 0][..]) {
                 encode_slot(dst, &slot);
@@ -309,7 +354,10 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         }
         at += r.bytes.len().next_multiple_of(RECORD_ALIGN);
     }
-    let index_xxh3 = xxhash_rust::xxh3::xxh3_64(out.get(HEADER_BYTES..HEADER_BYTES + index_len).unwrap_or(&[]));
+    let index_xxh3 = xxhash_rust::xxh3::xxh3_64(
+        out.get(HEADER_BYTES..HEADER_BYTES + index_len)
+            .unwrap_or(&[]),
+    );
     let body_xxh3 = xxhash_rust::xxh3::xxh3_64(out.get(records_offset..).unwrap_or(&[]));
     let header = Header {
         format_version: FORMAT_VERSION,
@@ -385,7 +433,9 @@ impl Segment {
         let file = File::open(path).map_err(OpenSegmentError::Io)?;
         let len = file.metadata().map_err(OpenSegmentError::Io)?.len();
         if len < HEADER_BYTES as u64 {
-            return Err(OpenSegmentError::Invalid(SegmentError::Truncated { what: "header" }));
+            return Err(OpenSegmentError::Invalid(SegmentError::Truncated {
+                what: "header",
+            }));
         }
         let backing = super::mapped::map_file(&file).map_err(OpenSegmentError::Io)?;
         let when = if len <= limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX {
@@ -393,7 +443,8 @@ impl Segment {
         } else {
             Validate::Later
         };
-        Segment::from_backing(backing, path.to_path_buf(), generation, when).map_err(OpenSegmentError::Invalid)
+        Segment::from_backing(backing, path.to_path_buf(), generation, when)
+            .map_err(OpenSegmentError::Invalid)
     }
 
     /// Runs full validation if not done yet. On failure the segment stops serving.
@@ -458,7 +509,9 @@ impl Segment {
         let mask = self.header.slot_count - 1;
         let mut i = key.slot_hash() & mask;
         for _ in 0..self.header.slot_count {
-            let Some(slot) = read_slot(b, &self.header, i) else { return Found::Absent };
+            let Some(slot) = read_slot(b, &self.header, i) else {
+                return Found::Absent;
+            };
             if slot.claim.len == 0 {
                 return Found::Absent;
             }
@@ -540,7 +593,9 @@ mod tests {
         (0..n)
             .map(|i| {
                 let s = DiskSession::from_snapshot(&sample_snapshot(i, 1000 + i as i64));
-                let key = RecordKey(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+                let key = RecordKey(
+                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                );
                 (key, rkyv::to_bytes::<rkyv::rancor::Error>(&s).unwrap())
             })
             .collect()
@@ -565,12 +620,20 @@ mod tests {
     #[test]
     fn built_segment_validates_and_finds_every_key() {
         let (recs, bytes) = built(20);
-        let seg = Segment::from_backing(Backing::Heap(aligned_copy(&bytes)), PathBuf::new(), 1, Validate::Now).unwrap();
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
         assert_eq!(seg.header().record_count, 20);
         assert_eq!(seg.header().min_expires_at_secs, 1000);
         assert_eq!(seg.header().max_expires_at_secs, 1019);
         for (i, (k, _)) in recs.iter().enumerate() {
-            let Found::Record(r) = seg.find(*k) else { panic!("missing {i}") };
+            let Found::Record(r) = seg.find(*k) else {
+                panic!("missing {i}")
+            };
             assert_eq!(r.into_session().unwrap().user.as_str(), format!("user-{i}"));
         }
         assert!(matches!(seg.find(RecordKey(12345)), Found::Absent));
@@ -580,7 +643,13 @@ mod tests {
     #[test]
     fn unvalidated_segment_serves_through_checked_access() {
         let (recs, bytes) = built(5);
-        let seg = Segment::from_backing(Backing::Heap(aligned_copy(&bytes)), PathBuf::new(), 1, Validate::Later).unwrap();
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Later,
+        )
+        .unwrap();
         assert!(!seg.is_validated());
         assert!(matches!(seg.find(recs[2].0), Found::Record(_)));
         seg.validate().unwrap();
@@ -590,7 +659,13 @@ mod tests {
     #[test]
     fn empty_segment_is_valid() {
         let bytes = build(0, 1, &[]);
-        let seg = Segment::from_backing(Backing::Heap(aligned_copy(&bytes)), PathBuf::new(), 1, Validate::Now).unwrap();
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
         assert!(matches!(seg.find(RecordKey(1)), Found::Absent));
     }
 
@@ -601,7 +676,12 @@ mod tests {
         for at in (0..bytes.len()).step_by(7) {
             let mut b = bytes.clone();
             b[at] ^= 0x10;
-            let r = Segment::from_backing(Backing::Heap(aligned_copy(&b)), PathBuf::new(), 1, Validate::Now);
+            let r = Segment::from_backing(
+                Backing::Heap(aligned_copy(&b)),
+                PathBuf::new(),
+                1,
+                Validate::Now,
+            );
             assert!(r.is_err(), "flip at {at} accepted");
         }
     }
@@ -609,12 +689,26 @@ mod tests {
     #[test]
     fn flipped_record_byte_is_corrupt_read_before_validation() {
         let (recs, bytes) = built(4);
-        let seg0 = Segment::from_backing(Backing::Heap(aligned_copy(&bytes)), PathBuf::new(), 1, Validate::Now).unwrap();
-        let Found::Record(r) = seg0.find(recs[1].0) else { panic!() };
+        let seg0 = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
+        let Found::Record(r) = seg0.find(recs[1].0) else {
+            panic!()
+        };
         let off = r.bytes().as_ptr() as usize - seg0.backing.bytes().as_ptr() as usize;
         let mut b = bytes.clone();
         b[off + 3] ^= 1;
-        let seg = Segment::from_backing(Backing::Heap(aligned_copy(&b)), PathBuf::new(), 1, Validate::Later).unwrap();
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&b)),
+            PathBuf::new(),
+            1,
+            Validate::Later,
+        )
+        .unwrap();
         assert!(matches!(seg.find(recs[1].0), Found::Corrupt));
         assert_eq!(seg.corrupt_reads(), 1);
         assert!(matches!(seg.find(recs[0].0), Found::Record(_)));
@@ -629,7 +723,22 @@ mod tests {
         b[8] = 99;
         let sum = xxhash_rust::xxh3::xxh3_64(&b[..120]);
         b[120..128].copy_from_slice(&sum.to_le_bytes());
-        let err = Segment::from_backing(Backing::Heap(aligned_copy(&b)), PathBuf::new(), 1, Validate::Now).err();
-        assert_eq!(err.map(|e| e.to_string()), Some(SegmentError::NewerFormat { found: 99, supported: 1 }.to_string()));
+        let err = Segment::from_backing(
+            Backing::Heap(aligned_copy(&b)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .err();
+        assert_eq!(
+            err.map(|e| e.to_string()),
+            Some(
+                SegmentError::NewerFormat {
+                    found: 99,
+                    supported: 1
+                }
+                .to_string()
+            )
+        );
     }
 }

@@ -56,7 +56,10 @@ impl WalFile for StdWalFile {
 
 impl WalBackend for StdWalBackend {
     fn create(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
-        let f = OpenOptions::new().append(true).create_new(true).open(path)?;
+        let f = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Box::new(StdWalFile(f)))
     }
     fn name(&self) -> &'static str {
@@ -143,22 +146,38 @@ pub struct WalRecord<'a> {
 /// Decodes the record at the start of `b`; returns it and the bytes it used. Checks length
 /// bounds and the checksum; the body's archive is checked by the caller (`mapped`).
 pub fn decode_record(b: &[u8]) -> Result<(WalRecord<'_>, usize), WalRecordError> {
-    let head = b.get(..RECORD_HEADER_BYTES).ok_or(WalRecordError::Torn { what: "header" })?;
+    let head = b
+        .get(..RECORD_HEADER_BYTES)
+        .ok_or(WalRecordError::Torn { what: "header" })?;
     let (len_bytes, sum_bytes) = head.split_at(4);
-    let len = u32::from_le_bytes(len_bytes.try_into().map_err(|_| WalRecordError::Torn { what: "header" })?);
-    let sum = u64::from_le_bytes(sum_bytes.try_into().map_err(|_| WalRecordError::Torn { what: "header" })?);
+    let len = u32::from_le_bytes(
+        len_bytes
+            .try_into()
+            .map_err(|_| WalRecordError::Torn { what: "header" })?,
+    );
+    let sum = u64::from_le_bytes(
+        sum_bytes
+            .try_into()
+            .map_err(|_| WalRecordError::Torn { what: "header" })?,
+    );
     if len < PAYLOAD_FIXED_BYTES as u32 || len > limits::STORE_RECORD_BYTES_MAX {
         return Err(WalRecordError::Length { len });
     }
     let total = RECORD_HEADER_BYTES + len as usize;
-    let payload = b.get(RECORD_HEADER_BYTES..total).ok_or(WalRecordError::Torn { what: "payload" })?;
+    let payload = b
+        .get(RECORD_HEADER_BYTES..total)
+        .ok_or(WalRecordError::Torn { what: "payload" })?;
     if checksum(len, payload) != sum {
         return Err(WalRecordError::Checksum);
     }
     let (fixed, body) = payload.split_at(PAYLOAD_FIXED_BYTES);
     let (kind_and_reserved, key_bytes) = fixed.split_at(8);
     let kind_byte = kind_and_reserved.first().copied().unwrap_or(0);
-    let key = u128::from_le_bytes(key_bytes.try_into().map_err(|_| WalRecordError::Torn { what: "key" })?);
+    let key = u128::from_le_bytes(
+        key_bytes
+            .try_into()
+            .map_err(|_| WalRecordError::Torn { what: "key" })?,
+    );
     match kind_byte {
         kind::SESSION | kind::ARTIFACT if !body.is_empty() => {}
         kind::TOMBSTONE if body.is_empty() => {}
@@ -167,7 +186,14 @@ pub fn decode_record(b: &[u8]) -> Result<(WalRecord<'_>, usize), WalRecordError>
         }
         k => return Err(WalRecordError::Kind { kind: k }),
     }
-    Ok((WalRecord { kind: kind_byte, key: RecordKey(key), body }, total))
+    Ok((
+        WalRecord {
+            kind: kind_byte,
+            key: RecordKey(key),
+            body,
+        },
+        total,
+    ))
 }
 
 /// Reads a whole WAL file (bounded by the file's own size, which we wrote).
@@ -192,7 +218,10 @@ pub struct TornTail {
 /// Walks the records of a WAL file's bytes (after its header), calling `apply` for each good
 /// one; `apply` returns `false` to reject a record whose body fails validation. Stops at the
 /// first bad record and says where.
-pub fn replay(bytes: &[u8], mut apply: impl FnMut(WalRecord<'_>) -> bool) -> (u64, Option<TornTail>) {
+pub fn replay(
+    bytes: &[u8],
+    mut apply: impl FnMut(WalRecord<'_>) -> bool,
+) -> (u64, Option<TornTail>) {
     let mut at = FILE_HEADER_BYTES.min(bytes.len());
     let mut records = 0u64;
     while at < bytes.len() {
@@ -256,7 +285,11 @@ mod tests {
                 assert_eq!(torn, None, "cut {cut} is a record boundary");
             } else {
                 let torn = torn.unwrap();
-                let good = if want == 1 { first_end } else { FILE_HEADER_BYTES };
+                let good = if want == 1 {
+                    first_end
+                } else {
+                    FILE_HEADER_BYTES
+                };
                 assert_eq!(torn.good_bytes as usize, good, "cut {cut}");
                 assert_eq!(torn.dropped_bytes as usize, cut - good, "cut {cut}");
             }
@@ -278,7 +311,14 @@ mod tests {
     #[test]
     fn file_header_round_trips_and_rejects_flips() {
         let h = file_header(3, 42);
-        assert_eq!(decode_file_header(&h), Some(FileHeader { format_version: FORMAT_VERSION, group: 3, generation: 42 }));
+        assert_eq!(
+            decode_file_header(&h),
+            Some(FileHeader {
+                format_version: FORMAT_VERSION,
+                group: 3,
+                generation: 42
+            })
+        );
         let mut b = h;
         b[17] ^= 1;
         assert_eq!(decode_file_header(&b), None);
@@ -288,6 +328,9 @@ mod tests {
     fn oversized_length_is_refused_without_allocating() {
         let mut v = vec![0u8; 64];
         v[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(decode_record(&v).err(), Some(WalRecordError::Length { len: u32::MAX }));
+        assert_eq!(
+            decode_record(&v).err(),
+            Some(WalRecordError::Length { len: u32::MAX })
+        );
     }
 }

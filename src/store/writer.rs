@@ -19,8 +19,12 @@ pub(super) struct GroupWal {
 /// so records appended later are never in a file whose name could vanish in a crash.
 pub(super) fn create_wal(core: &Core, group: u32, generation: u64) -> Result<GroupWal, StoreError> {
     let path = dir::wal_path(&core.dir, group, generation);
-    let mut file = core.backend.create(&path).map_err(dir::io_err("create wal", &path))?;
-    file.append(&wal::file_header(group, generation)).map_err(dir::io_err("write wal header", &path))?;
+    let mut file = core
+        .backend
+        .create(&path)
+        .map_err(dir::io_err("create wal", &path))?;
+    file.append(&wal::file_header(group, generation))
+        .map_err(dir::io_err("write wal header", &path))?;
     file.sync().map_err(dir::io_err("fsync wal", &path))?;
     dir::sync_dir(&core.dir.join(dir::WAL_DIR))?;
     Ok(GroupWal { group, file })
@@ -36,7 +40,11 @@ fn latch(core: &Core, group: u32, op: &'static str, e: &dyn std::fmt::Display) {
 
 fn failed_error(core: &Core, group: u32) -> Option<StoreError> {
     let (op, detail) = core.groups.get(group as usize)?.failed.get()?;
-    Some(StoreError::GroupFailed { group, op, detail: detail.clone() })
+    Some(StoreError::GroupFailed {
+        group,
+        op,
+        detail: detail.clone(),
+    })
 }
 
 fn fail_all(batch: Vec<WriteOp>, err: impl Fn() -> StoreError) {
@@ -46,7 +54,11 @@ fn fail_all(batch: Vec<WriteOp>, err: impl Fn() -> StoreError) {
 }
 
 /// Runs until every sender is dropped and the queue is drained.
-pub(super) fn run(core: Arc<Core>, mut wal: GroupWal, mut rx: tokio::sync::mpsc::Receiver<WriterMsg>) {
+pub(super) fn run(
+    core: Arc<Core>,
+    mut wal: GroupWal,
+    mut rx: tokio::sync::mpsc::Receiver<WriterMsg>,
+) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(limits::STORE_BATCH_RECORDS_MAX);
     let mut buf: Vec<u8> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -96,7 +108,9 @@ fn commit(core: &Core, wal: &mut GroupWal, batch: &mut Vec<WriteOp>, buf: &mut V
     }
     let ops = std::mem::take(batch);
     if failed_error(core, wal.group).is_some() {
-        return fail_all(ops, || failed_error(core, wal.group).unwrap_or(StoreError::Closed));
+        return fail_all(ops, || {
+            failed_error(core, wal.group).unwrap_or(StoreError::Closed)
+        });
     }
     buf.clear();
     for op in &ops {
@@ -104,13 +118,17 @@ fn commit(core: &Core, wal: &mut GroupWal, batch: &mut Vec<WriteOp>, buf: &mut V
     }
     if let Err(e) = wal.file.append(buf) {
         latch(core, wal.group, "write", &e);
-        return fail_all(ops, || failed_error(core, wal.group).unwrap_or(StoreError::Closed));
+        return fail_all(ops, || {
+            failed_error(core, wal.group).unwrap_or(StoreError::Closed)
+        });
     }
     // After an fsync error the kernel may have dropped the dirty pages: a retry that succeeds
     // proves nothing, so the group stops here (FIELD-NOTES, "Memory and storage").
     if let Err(e) = wal.file.sync() {
         latch(core, wal.group, "fsync", &e);
-        return fail_all(ops, || failed_error(core, wal.group).unwrap_or(StoreError::Closed));
+        return fail_all(ops, || {
+            failed_error(core, wal.group).unwrap_or(StoreError::Closed)
+        });
     }
     publish(core, &ops);
     for op in ops {
@@ -124,14 +142,26 @@ fn publish(core: &Core, ops: &[WriteOp]) {
     order.sort_by_key(|&i| ops.get(i).map_or(0, |o| o.shard));
     let mut i = 0;
     while i < order.len() {
-        let Some(shard_id) = order.get(i).and_then(|&j| ops.get(j)).map(|o| o.shard) else { break };
-        let Some(shard) = core.shards.get(shard_id as usize) else { break };
+        let Some(shard_id) = order.get(i).and_then(|&j| ops.get(j)).map(|o| o.shard) else {
+            break;
+        };
+        let Some(shard) = core.shards.get(shard_id as usize) else {
+            break;
+        };
         let _guard = shard.modify.lock();
         let cur = shard.state.load_full();
         let mut next = ShardState::clone(&cur);
-        while let Some(op) = order.get(i).and_then(|&j| ops.get(j)).filter(|o| o.shard == shard_id) {
-            let bytes = op.rec.as_ref().map_or(0, |r| r.bytes().len() as u64) + MEM_ENTRY_OVERHEAD_BYTES;
-            let v = Arc::new(MemValue { rec: op.rec.clone(), bytes });
+        while let Some(op) = order
+            .get(i)
+            .and_then(|&j| ops.get(j))
+            .filter(|o| o.shard == shard_id)
+        {
+            let bytes =
+                op.rec.as_ref().map_or(0, |r| r.bytes().len() as u64) + MEM_ENTRY_OVERHEAD_BYTES;
+            let v = Arc::new(MemValue {
+                rec: op.rec.clone(),
+                bytes,
+            });
             if let Some(old) = next.mem.insert(op.key.0, v) {
                 next.mem_bytes = next.mem_bytes.saturating_sub(old.bytes);
             }
@@ -144,4 +174,3 @@ fn publish(core: &Core, ops: &[WriteOp]) {
 
 /// Rough per-entry cost of the in-memory table beyond the record bytes (map node, Arcs).
 pub(super) const MEM_ENTRY_OVERHEAD_BYTES: u64 = 96;
-
