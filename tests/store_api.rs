@@ -1,0 +1,228 @@
+//! Store API behaviour: lookups compare full identities, supersession and expiry hold across
+//! WAL, in-memory table and segments before and after compaction, and open refuses what it
+//! must (a second process, a newer format, another shard count).
+
+mod store_common;
+
+use backstop::store::testutil::{sample_artifact, sample_identity, sample_snapshot};
+use backstop::store::{ArtifactKind, Store, StoreError, StoreOpts};
+use store_common::{block, open, small_opts};
+
+const FAR: i64 = 4_000_000_000;
+
+#[test]
+fn put_then_get_returns_the_same_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = sample_snapshot(1, FAR);
+    block(store.put_session(&s)).unwrap();
+    let v = store.get_session(&s.identity, 0).unwrap();
+    assert_eq!(v.to_snapshot(), s);
+    assert!(v.access_token.claims_json.as_slice().starts_with(b"{\"iss\""));
+}
+
+#[test]
+fn lookup_compares_every_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = sample_snapshot(1, FAR);
+    block(store.put_session(&s)).unwrap();
+    let mut other = s.identity.clone();
+    other.resource.push('x');
+    assert!(store.get_session(&other, 0).is_none());
+    let mut other = s.identity.clone();
+    other.device = "another".into();
+    assert!(store.get_session(&other, 0).is_none());
+}
+
+#[test]
+fn artifacts_are_found_by_full_digest_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"refresh-token-1");
+    let a = sample_artifact(1, d, FAR);
+    block(store.put_artifact(&a)).unwrap();
+    assert_eq!(store.get_artifact(&d, 0).unwrap().to_record(), Some(a));
+    // Same routing prefix, different tail: must not match.
+    let mut near = d;
+    near.0[31] ^= 1;
+    assert!(store.get_artifact(&near, 0).is_none());
+    let other = store.artifact_digest(ArtifactKind::SessionCookie, b"refresh-token-1");
+    assert!(store.get_artifact(&other, 0).is_none());
+}
+
+/// Where the record lives when the check runs.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Memtable,
+    Segment,
+    Reopened,
+    ReopenedCompacted,
+}
+
+fn settle(store: Store, dir: &std::path::Path, stage: Stage, now: i64) -> Store {
+    match stage {
+        Stage::Memtable => store,
+        Stage::Segment => {
+            store.compact(now).unwrap();
+            store
+        }
+        Stage::Reopened => {
+            drop(store);
+            open(dir)
+        }
+        Stage::ReopenedCompacted => {
+            store.compact(now).unwrap();
+            drop(store);
+            open(dir)
+        }
+    }
+}
+
+#[test]
+fn expiry_is_immediate_at_every_stage_and_compaction_drops_it() {
+    for stage in [Stage::Memtable, Stage::Segment, Stage::Reopened, Stage::ReopenedCompacted] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let s = sample_snapshot(1, 1000);
+        let keep = sample_snapshot(2, FAR);
+        block(store.put_session(&s)).unwrap();
+        block(store.put_session(&keep)).unwrap();
+        let store = settle(store, dir.path(), stage, 10);
+        assert!(store.get_session(&s.identity, 999).is_some(), "{stage:?}");
+        assert!(store.get_session(&s.identity, 1000).is_none(), "{stage:?}");
+        store.compact(1000).unwrap();
+        assert!(store.get_session(&s.identity, 0).is_none(), "{stage:?}: compaction dropped it");
+        assert_eq!(store.stats().segment_records, 1, "{stage:?}");
+        assert!(store.get_session(&keep.identity, 1000).is_some(), "{stage:?}");
+    }
+}
+
+#[test]
+fn supersession_and_removal_hold_at_every_stage() {
+    for stage in [Stage::Memtable, Stage::Segment, Stage::Reopened, Stage::ReopenedCompacted] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let v1 = sample_snapshot(1, FAR);
+        let mut v2 = v1.clone();
+        v2.recorded_at_secs += 50;
+        v2.groups.push("new-group".into());
+        block(store.put_session(&v1)).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        block(store.put_session(&v2)).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        assert_eq!(store.get_session(&v1.identity, 0).unwrap().to_snapshot(), v2, "{stage:?}");
+
+        // A rotated-out refresh token never works again, wherever its record was.
+        let d = store.artifact_digest(ArtifactKind::RefreshToken, b"old");
+        block(store.put_artifact(&sample_artifact(1, d, FAR))).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        block(store.remove_artifact(&d)).unwrap();
+        block(store.remove_session(&v1.identity)).unwrap();
+        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?}");
+        let store = settle(store, dir.path(), stage, 0);
+        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?}");
+        assert!(store.get_session(&v1.identity, 0).is_none(), "{stage:?}");
+        drop(store);
+        let store = open(dir.path());
+        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?} after reopen");
+        assert!(store.get_session(&v1.identity, 0).is_none(), "{stage:?} after reopen");
+    }
+}
+
+#[test]
+fn compaction_merges_and_deletes_covered_wal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..200 {
+        block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+    }
+    store.compact(0).unwrap();
+    let st = store.stats();
+    assert_eq!(st.segment_records, 200);
+    assert_eq!(st.memtable_records, 0);
+    assert!(st.segments <= 8);
+    // Only the fresh generation of each group remains.
+    assert_eq!(std::fs::read_dir(dir.path().join("wal")).unwrap().count(), 2);
+    for i in 100..300 {
+        block(store.put_session(&sample_snapshot(i, FAR + i as i64))).unwrap();
+    }
+    store.compact(0).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.stats().segment_records, 300);
+    for i in 0..300 {
+        let v = store.get_session(&sample_identity(i), 0).unwrap();
+        let want = if i >= 100 { FAR + i as i64 } else { FAR };
+        assert_eq!(v.expires_at_secs(), want);
+    }
+}
+
+#[test]
+fn second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn newer_format_dir_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let f = dir.path().join("FORMAT");
+    let body = std::fs::read_to_string(&f).unwrap().replace("format_version=1", "format_version=7");
+    std::fs::write(&f, body).unwrap();
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(matches!(err, StoreError::NewerFormat { found: 7, supported: 1, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade backstop"), "{err}");
+}
+
+#[test]
+fn another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let opts = StoreOpts { shard_count: 16, ..small_opts() };
+    let err = Store::open(dir.path(), opts).err().unwrap();
+    assert!(matches!(err, StoreError::ShardCountMismatch { configured: 16, on_disk: 8 }), "{err}");
+}
+
+#[test]
+fn out_of_range_option_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOpts { wal_groups: 0, ..small_opts() };
+    let err = Store::open(dir.path(), opts).err().unwrap();
+    assert!(err.to_string().contains("wal_groups"), "{err}");
+}
+
+#[test]
+fn oversized_template_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut s = sample_snapshot(1, FAR);
+    s.access_token.claims_json = vec![b' '; 70 * 1024];
+    let err = block(store.put_session(&s)).err().unwrap();
+    assert!(err.to_string().contains("STORE_TEMPLATE_BYTES_MAX"), "{err}");
+}
+
+#[test]
+fn background_compaction_flushes_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOpts {
+        compact_age_secs: 1,
+        ..StoreOpts { shard_count: 4, wal_groups: 1, ..StoreOpts::background(std::sync::Arc::new(|| 5)) }
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    block(store.put_session(&sample_snapshot(1, FAR))).unwrap();
+    block(store.put_session(&sample_snapshot(2, 3))).unwrap();
+    let mut waited = 0;
+    while store.stats().compactions == 0 && waited < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let st = store.stats();
+    assert!(st.compactions >= 1, "{st:?}");
+    // The clock said 5: the record expiring at 3 was dropped, the other kept.
+    assert_eq!(st.segment_records, 1, "{st:?}");
+    assert!(store.get_session(&sample_identity(1), 5).is_some());
+}
