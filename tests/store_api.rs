@@ -18,7 +18,12 @@ fn put_then_get_returns_the_same_snapshot() {
     block(store.put_session(&s)).unwrap();
     let v = store.get_session(&s.identity, 0).unwrap();
     assert_eq!(v.to_snapshot(), s);
-    assert!(v.access_token.claims_json.as_slice().starts_with(b"{\"iss\""));
+    assert!(
+        v.access_token
+            .claims_json
+            .as_slice()
+            .starts_with(b"{\"iss\"")
+    );
 }
 
 #[test]
@@ -81,7 +86,12 @@ fn settle(store: Store, dir: &std::path::Path, stage: Stage, now: i64) -> Store 
 
 #[test]
 fn expiry_is_immediate_at_every_stage_and_compaction_drops_it() {
-    for stage in [Stage::Memtable, Stage::Segment, Stage::Reopened, Stage::ReopenedCompacted] {
+    for stage in [
+        Stage::Memtable,
+        Stage::Segment,
+        Stage::Reopened,
+        Stage::ReopenedCompacted,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let s = sample_snapshot(1, 1000);
@@ -92,15 +102,26 @@ fn expiry_is_immediate_at_every_stage_and_compaction_drops_it() {
         assert!(store.get_session(&s.identity, 999).is_some(), "{stage:?}");
         assert!(store.get_session(&s.identity, 1000).is_none(), "{stage:?}");
         store.compact(1000).unwrap();
-        assert!(store.get_session(&s.identity, 0).is_none(), "{stage:?}: compaction dropped it");
+        assert!(
+            store.get_session(&s.identity, 0).is_none(),
+            "{stage:?}: compaction dropped it"
+        );
         assert_eq!(store.stats().segment_records, 1, "{stage:?}");
-        assert!(store.get_session(&keep.identity, 1000).is_some(), "{stage:?}");
+        assert!(
+            store.get_session(&keep.identity, 1000).is_some(),
+            "{stage:?}"
+        );
     }
 }
 
 #[test]
 fn supersession_and_removal_hold_at_every_stage() {
-    for stage in [Stage::Memtable, Stage::Segment, Stage::Reopened, Stage::ReopenedCompacted] {
+    for stage in [
+        Stage::Memtable,
+        Stage::Segment,
+        Stage::Reopened,
+        Stage::ReopenedCompacted,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let v1 = sample_snapshot(1, FAR);
@@ -111,7 +132,11 @@ fn supersession_and_removal_hold_at_every_stage() {
         let store = settle(store, dir.path(), stage, 0);
         block(store.put_session(&v2)).unwrap();
         let store = settle(store, dir.path(), stage, 0);
-        assert_eq!(store.get_session(&v1.identity, 0).unwrap().to_snapshot(), v2, "{stage:?}");
+        assert_eq!(
+            store.get_session(&v1.identity, 0).unwrap().to_snapshot(),
+            v2,
+            "{stage:?}"
+        );
 
         // A rotated-out refresh token never works again, wherever its record was.
         let d = store.artifact_digest(ArtifactKind::RefreshToken, b"old");
@@ -125,8 +150,14 @@ fn supersession_and_removal_hold_at_every_stage() {
         assert!(store.get_session(&v1.identity, 0).is_none(), "{stage:?}");
         drop(store);
         let store = open(dir.path());
-        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?} after reopen");
-        assert!(store.get_session(&v1.identity, 0).is_none(), "{stage:?} after reopen");
+        assert!(
+            store.get_artifact(&d, 0).is_none(),
+            "{stage:?} after reopen"
+        );
+        assert!(
+            store.get_session(&v1.identity, 0).is_none(),
+            "{stage:?} after reopen"
+        );
     }
 }
 
@@ -143,7 +174,10 @@ fn compaction_merges_and_deletes_covered_wal_files() {
     assert_eq!(st.memtable_records, 0);
     assert!(st.segments <= 8);
     // Only the fresh generation of each group remains.
-    assert_eq!(std::fs::read_dir(dir.path().join("wal")).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+        2
+    );
     for i in 100..300 {
         block(store.put_session(&sample_snapshot(i, FAR + i as i64))).unwrap();
     }
@@ -171,10 +205,22 @@ fn newer_format_dir_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     let f = dir.path().join("FORMAT");
-    let body = std::fs::read_to_string(&f).unwrap().replace("format_version=1", "format_version=7");
+    let body = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("format_version=1", "format_version=7");
     std::fs::write(&f, body).unwrap();
     let err = Store::open(dir.path(), small_opts()).err().unwrap();
-    assert!(matches!(err, StoreError::NewerFormat { found: 7, supported: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerFormat {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("upgrade backstop"), "{err}");
 }
 
@@ -182,15 +228,30 @@ fn newer_format_dir_is_refused_with_a_clear_error() {
 fn another_shard_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
-    let opts = StoreOpts { shard_count: 16, ..small_opts() };
+    let opts = StoreOpts {
+        shard_count: 16,
+        ..small_opts()
+    };
     let err = Store::open(dir.path(), opts).err().unwrap();
-    assert!(matches!(err, StoreError::ShardCountMismatch { configured: 16, on_disk: 8 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::ShardCountMismatch {
+                configured: 16,
+                on_disk: 8
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn out_of_range_option_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOpts { wal_groups: 0, ..small_opts() };
+    let opts = StoreOpts {
+        wal_groups: 0,
+        ..small_opts()
+    };
     let err = Store::open(dir.path(), opts).err().unwrap();
     assert!(err.to_string().contains("wal_groups"), "{err}");
 }
@@ -202,7 +263,10 @@ fn oversized_template_is_refused_naming_the_limit() {
     let mut s = sample_snapshot(1, FAR);
     s.access_token.claims_json = vec![b' '; 70 * 1024];
     let err = block(store.put_session(&s)).err().unwrap();
-    assert!(err.to_string().contains("STORE_TEMPLATE_BYTES_MAX"), "{err}");
+    assert!(
+        err.to_string().contains("STORE_TEMPLATE_BYTES_MAX"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -210,7 +274,11 @@ fn background_compaction_flushes_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOpts {
         compact_age_secs: 1,
-        ..StoreOpts { shard_count: 4, wal_groups: 1, ..StoreOpts::background(std::sync::Arc::new(|| 5)) }
+        ..StoreOpts {
+            shard_count: 4,
+            wal_groups: 1,
+            ..StoreOpts::background(std::sync::Arc::new(|| 5))
+        }
     };
     let store = Store::open(dir.path(), opts).unwrap();
     block(store.put_session(&sample_snapshot(1, FAR))).unwrap();

@@ -16,12 +16,17 @@ use store_common::{FaultyBackend, block, open, small_opts};
 const FAR: i64 = 4_000_000_000;
 
 fn one_group() -> StoreOpts {
-    StoreOpts { wal_groups: 1, ..small_opts() }
+    StoreOpts {
+        wal_groups: 1,
+        ..small_opts()
+    }
 }
 
 fn wal_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(dir.join("wal")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -42,7 +47,9 @@ fn check_cut_then_accepts_writes(dir: &Path, wal: &Path) {
     let store = Store::open(dir, one_group()).unwrap();
     let report = store.recovery_report();
     assert!(
-        report.iter().any(|e| matches!(e, RecoveryEvent::WalTruncated { path, .. } if path == wal)),
+        report
+            .iter()
+            .any(|e| matches!(e, RecoveryEvent::WalTruncated { path, .. } if path == wal)),
         "{report:?}"
     );
     assert_eq!(store.stats().wal_truncations, 1);
@@ -53,9 +60,17 @@ fn check_cut_then_accepts_writes(dir: &Path, wal: &Path) {
     drop(store);
     // The cut is durable: a second open finds nothing more to cut, and the new write is there.
     let store = Store::open(dir, one_group()).unwrap();
-    assert_eq!(store.stats().wal_truncations, 0, "{:?}", store.recovery_report());
+    assert_eq!(
+        store.stats().wal_truncations,
+        0,
+        "{:?}",
+        store.recovery_report()
+    );
     for i in [0, 1, 3] {
-        assert!(store.get_session(&sample_identity(i), 0).is_some(), "session {i}");
+        assert!(
+            store.get_session(&sample_identity(i), 0).is_some(),
+            "session {i}"
+        );
     }
 }
 
@@ -64,7 +79,12 @@ fn wal_truncated_mid_record_is_cut_reported_and_writable() {
     let dir = tempfile::tempdir().unwrap();
     let wal = three_records(dir.path());
     let len = std::fs::metadata(&wal).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 5).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
     check_cut_then_accepts_writes(dir.path(), &wal);
 }
 
@@ -94,8 +114,10 @@ fn wal_with_garbage_appended_is_cut() {
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(dir.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -108,12 +130,16 @@ fn segment_with_flipped_byte_is_quarantined_and_other_shards_serve() {
         block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
     }
     store.compact(0).unwrap();
-    let shard_of: Vec<u32> = (0..200).map(|i| store.session_key(&sample_identity(i)).shard(8)).collect();
+    let shard_of: Vec<u32> = (0..200)
+        .map(|i| store.session_key(&sample_identity(i)).shard(8))
+        .collect();
     drop(store);
     let segs = segment_files(dir.path());
     assert_eq!(segs.len(), 8);
     let victim = segs[3].clone();
-    let victim_shard: u32 = victim.file_name().unwrap().to_str().unwrap()[1..6].parse().unwrap();
+    let victim_shard: u32 = victim.file_name().unwrap().to_str().unwrap()[1..6]
+        .parse()
+        .unwrap();
     let mut bytes = std::fs::read(&victim).unwrap();
     let at = bytes.len() - 100;
     bytes[at] ^= 0x01;
@@ -128,14 +154,21 @@ fn segment_with_flipped_byte_is_quarantined_and_other_shards_serve() {
         report.iter().any(|e| matches!(e, RecoveryEvent::SegmentQuarantined { reason, .. } if reason.contains("checksum"))),
         "{report:?}"
     );
-    assert!(dir.path().join("quarantine").join(victim.file_name().unwrap()).exists());
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .join(victim.file_name().unwrap())
+            .exists()
+    );
     assert!(!victim.exists());
     for i in 0..200u64 {
         let found = store.get_session(&sample_identity(i), 0).is_some();
         assert_eq!(found, shard_of[i as usize] != victim_shard, "session {i}");
     }
     // The store keeps taking writes, including into the quarantined shard.
-    let lost = (0..200u64).find(|&i| shard_of[i as usize] == victim_shard).unwrap();
+    let lost = (0..200u64)
+        .find(|&i| shard_of[i as usize] == victim_shard)
+        .unwrap();
     block(store.put_session(&sample_snapshot(lost, FAR))).unwrap();
     assert!(store.get_session(&sample_identity(lost), 0).is_some());
 }
@@ -166,7 +199,10 @@ fn record_corrupted_after_open_reads_as_missing_and_is_counted() {
     assert!(store.get_session(&sample_identity(7), 0).is_none());
     assert_eq!(store.stats().corrupt_reads, 1);
     for i in (0..50).filter(|&i| i != 7) {
-        assert!(store.get_session(&sample_identity(i), 0).is_some(), "session {i}");
+        assert!(
+            store.get_session(&sample_identity(i), 0).is_some(),
+            "session {i}"
+        );
     }
 }
 
@@ -175,20 +211,33 @@ fn fsync_failure_latches_the_group_and_keeps_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
     // Sync 1 is the WAL header at open; syncs 2 and 3 commit sessions 0 and 1; sync 4 fails.
     let faulty = FaultyBackend::new(0, 4);
-    let opts = StoreOpts { wal_backend: Arc::new(faulty), ..one_group() };
+    let opts = StoreOpts {
+        wal_backend: Arc::new(faulty),
+        ..one_group()
+    };
     let store = Store::open(dir.path(), opts).unwrap();
     block(store.put_session(&sample_snapshot(0, FAR))).unwrap();
     block(store.put_session(&sample_snapshot(1, FAR))).unwrap();
-    let err = block(store.put_session(&sample_snapshot(2, FAR))).err().unwrap();
-    assert!(matches!(err, StoreError::GroupFailed { op: "fsync", .. }), "{err}");
+    let err = block(store.put_session(&sample_snapshot(2, FAR)))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, StoreError::GroupFailed { op: "fsync", .. }),
+        "{err}"
+    );
     // The write whose fsync failed was never published.
     assert!(store.get_session(&sample_identity(2), 0).is_none());
     // No blind retry: later writes are refused, reads still served.
-    let err = block(store.put_session(&sample_snapshot(3, FAR))).err().unwrap();
+    let err = block(store.put_session(&sample_snapshot(3, FAR)))
+        .err()
+        .unwrap();
     assert!(matches!(err, StoreError::GroupFailed { .. }), "{err}");
     assert!(store.get_session(&sample_identity(0), 0).is_some());
     assert_eq!(store.stats().failed_groups.len(), 1);
-    assert!(store.compact(0).is_err(), "compaction must not rotate a failed group");
+    assert!(
+        store.compact(0).is_err(),
+        "compaction must not rotate a failed group"
+    );
     drop(store);
     let store = Store::open(dir.path(), one_group()).unwrap();
     assert!(store.get_session(&sample_identity(0), 0).is_some());
@@ -201,14 +250,27 @@ fn fsync_failure_latches_the_group_and_keeps_acknowledged_writes() {
 fn short_write_latches_and_leaves_a_tail_that_recovery_cuts() {
     let dir = tempfile::tempdir().unwrap();
     // Write 1 is the WAL header; write 2 commits session 0; write 3 is cut in half and fails.
-    let opts = StoreOpts { wal_backend: Arc::new(FaultyBackend::new(3, 0)), ..one_group() };
+    let opts = StoreOpts {
+        wal_backend: Arc::new(FaultyBackend::new(3, 0)),
+        ..one_group()
+    };
     let store = Store::open(dir.path(), opts).unwrap();
     block(store.put_session(&sample_snapshot(0, FAR))).unwrap();
-    let err = block(store.put_session(&sample_snapshot(1, FAR))).err().unwrap();
-    assert!(matches!(err, StoreError::GroupFailed { op: "write", .. }), "{err}");
+    let err = block(store.put_session(&sample_snapshot(1, FAR)))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, StoreError::GroupFailed { op: "write", .. }),
+        "{err}"
+    );
     drop(store);
     let store = Store::open(dir.path(), one_group()).unwrap();
-    assert_eq!(store.stats().wal_truncations, 1, "{:?}", store.recovery_report());
+    assert_eq!(
+        store.stats().wal_truncations,
+        1,
+        "{:?}",
+        store.recovery_report()
+    );
     assert!(store.get_session(&sample_identity(0), 0).is_some());
     assert!(store.get_session(&sample_identity(1), 0).is_none());
 }
@@ -223,9 +285,16 @@ fn leftover_temp_and_older_segments_are_removed_at_open() {
     let seg = segment_files(dir.path())[0].clone();
     let name = seg.file_name().unwrap().to_str().unwrap().to_owned();
     // An older generation of the same shard, as a crash between rename and unlink leaves it.
-    let older = dir.path().join("segments").join(format!("{}-0000000000000000.seg", &name[..6]));
+    let older = dir
+        .path()
+        .join("segments")
+        .join(format!("{}-0000000000000000.seg", &name[..6]));
     std::fs::copy(&seg, &older).unwrap();
-    std::fs::write(dir.path().join("segments").join("tmp-00000000000000ff.seg"), b"partial").unwrap();
+    std::fs::write(
+        dir.path().join("segments").join("tmp-00000000000000ff.seg"),
+        b"partial",
+    )
+    .unwrap();
     let store = open(dir.path());
     let removed = store
         .recovery_report()

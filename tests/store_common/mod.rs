@@ -11,12 +11,19 @@ use backstop::store::{StdWalBackend, Store, StoreOpts, WalBackend, WalFile};
 
 /// Runs a future to completion on a fresh current-thread runtime.
 pub fn block<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// Small options: 8 shards in 2 groups, manual compaction.
 pub fn small_opts() -> StoreOpts {
-    StoreOpts { shard_count: 8, wal_groups: 2, ..StoreOpts::manual() }
+    StoreOpts {
+        shard_count: 8,
+        wal_groups: 2,
+        ..StoreOpts::manual()
+    }
 }
 
 pub fn open(dir: &Path) -> Store {
@@ -25,7 +32,10 @@ pub fn open(dir: &Path) -> Store {
 
 /// Scales a test's iteration count: `BACKSTOP_STORE_TEST_SCALE=10` for a longer manual run.
 pub fn scaled(n: u64) -> u64 {
-    let k: u64 = std::env::var("BACKSTOP_STORE_TEST_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let k: u64 = std::env::var("BACKSTOP_STORE_TEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     n * k.max(1)
 }
 
