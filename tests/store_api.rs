@@ -1,6 +1,13 @@
 //! Store API behaviour: lookups compare full identities, supersession and expiry hold across
 //! WAL, in-memory table and segments before and after compaction, and open refuses what it
 //! must (a second process, a newer format, another shard count).
+// Integration-test crate: helpers outside `#[test]` fns may unwrap like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod store_common;
 

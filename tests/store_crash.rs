@@ -6,6 +6,15 @@
 //!
 //! `harness = false`: this binary is both the test and, with `BACKSTOP_STORE_CRASH_CHILD` set,
 //! the child. Rounds: 20, times `BACKSTOP_STORE_TEST_SCALE`.
+// Test code outside `#[test]` functions: a failed unwrap here is a failed test with a line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+// This binary reports its own result on stdout, as libtest would.
+#![allow(clippy::print_stdout)]
 
 mod store_common;
 

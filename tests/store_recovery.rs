@@ -2,6 +2,13 @@
 //! corrupt segment is quarantined while other shards serve, a record corrupted after open
 //! reads as missing, and injected write/fsync failures latch the group without losing
 //! acknowledged writes.
+// Integration-test crate: helpers outside `#[test]` fns may unwrap like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod store_common;
 

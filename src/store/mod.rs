@@ -430,7 +430,7 @@ impl Store {
         &self,
         key: RecordKey,
         prepared: Result<(Option<RecordBytes>, Vec<u8>), StoreError>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let shard = key.shard(self.engine.core.shard_count);
         let group = self.engine.core.group_of(shard) as usize;
         let tx = self.engine.senders.get(group).cloned();
@@ -456,7 +456,7 @@ impl Store {
     pub fn put_session(
         &self,
         s: &SessionSnapshot,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(&s.identity);
         let prepared = check_snapshot(s).and_then(|()| {
             let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(s))
@@ -473,7 +473,7 @@ impl Store {
     pub fn put_artifact(
         &self,
         a: &ArtifactRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = keys::artifact_key(&a.digest);
         let prepared = [
             ("tenant", &a.tenant),
@@ -498,7 +498,7 @@ impl Store {
     pub fn remove_session(
         &self,
         id: &SessionIdentity,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(id);
         self.submit(key, prepared(kind::TOMBSTONE, key, None))
     }
@@ -507,7 +507,7 @@ impl Store {
     pub fn remove_artifact(
         &self,
         digest: &ArtifactDigest,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = keys::artifact_key(digest);
         self.submit(key, prepared(kind::TOMBSTONE, key, None))
     }

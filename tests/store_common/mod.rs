@@ -1,6 +1,14 @@
 //! Helpers shared by the store's integration tests: a blocking runner, small store options,
 //! and a WAL backend that fails the Nth write or fsync.
+// Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
+// Test code outside `#[test]` functions: a failed unwrap here is a failed test with a line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::future::Future;
 use std::path::Path;
