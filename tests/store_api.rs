@@ -301,3 +301,67 @@ fn background_compaction_flushes_by_age() {
     assert_eq!(st.segment_records, 1, "{st:?}");
     assert!(store.get_session(&sample_identity(1), 5).is_some());
 }
+
+#[test]
+fn inspect_reports_counts_health_and_finds_records_next_to_a_running_store() {
+    use backstop::store::inspect::{ArtifactLookup, InspectQuery, run};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..20 {
+        block(store.put_session(&sample_snapshot(i, 10_000 + i as i64))).unwrap();
+    }
+    store.compact(0).unwrap();
+    block(store.put_session(&sample_snapshot(100, 500))).unwrap();
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"rt");
+    block(store.put_artifact(&sample_artifact(1, d, FAR))).unwrap();
+
+    // The store stays open: inspect takes no lock.
+    let mut out = Vec::new();
+    run(dir.path(), &InspectQuery::Summary, 1000, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("shards: 8"), "{text}");
+    assert!(
+        text.contains("totals: 20 sessions and 0 artifacts in segments"),
+        "{text}"
+    );
+    assert!(text.contains("segments failing validation: 0"), "{text}");
+    assert!(text.contains("expired: 1"), "{text}");
+    assert!(text.contains("< 1 d: 20"), "{text}");
+
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Session(sample_identity(3)),
+        1000,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("user=user-3") && text.contains("(live)"),
+        "{text}"
+    );
+    assert!(text.contains(r#""sub":"user-3""#), "{text}");
+
+    let mut out = Vec::new();
+    let q = InspectQuery::Artifact(ArtifactLookup::Credential {
+        kind: ArtifactKind::RefreshToken,
+        raw: b"rt".to_vec(),
+    });
+    run(dir.path(), &q, 1000, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&d.to_hex()) && text.contains("user=user-1"),
+        "{text}"
+    );
+
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Session(sample_identity(999)),
+        1000,
+        &mut out,
+    )
+    .unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("no session"));
+}

@@ -79,6 +79,16 @@ impl Keys {
         Ok(Keys::from_secrets(session, pepper))
     }
 
+    /// Loads both secrets from `dir` without creating any (read-only tools such as
+    /// `inspect`). Refuses a secret readable by group or others, like `load_or_create`.
+    pub fn load(dir: &Path) -> Result<Self, StoreError> {
+        let mut session = [0u8; SESSION_SECRET_BYTES];
+        load_secret(&dir.join(SESSION_SECRET_FILE), &mut session)?;
+        let mut pepper = [0u8; ARTIFACT_PEPPER_BYTES];
+        load_secret(&dir.join(ARTIFACT_PEPPER_FILE), &mut pepper)?;
+        Ok(Keys::from_secrets(session, pepper))
+    }
+
     /// Keyed xxh3-128 over the length-prefixed identifiers. The length prefixes make the
     /// encoding injective: ("ab","c") and ("a","bc") hash different inputs.
     pub fn session_key(&self, id: &SessionIdentity) -> RecordKey {
@@ -146,28 +156,36 @@ fn load_or_create_secret(path: &Path, out: &mut [u8]) -> Result<(), StoreError> 
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mut f = File::open(path).map_err(io("open secret"))?;
-            let meta = f.metadata().map_err(io("stat secret"))?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(StoreError::SecretPermissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            if meta.len() != out.len() as u64 {
-                return Err(StoreError::SecretLength {
-                    path: path.to_path_buf(),
-                    found: meta.len(),
-                    expected: out.len(),
-                });
-            }
-            f.read_exact(out).map_err(io("read secret"))?;
-            Ok(())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_secret(path, out),
         Err(e) => Err(io("create secret")(e)),
     }
+}
+
+fn load_secret(path: &Path, out: &mut [u8]) -> Result<(), StoreError> {
+    let io = |op: &'static str| {
+        move |source: std::io::Error| StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let mut f = File::open(path).map_err(io("open secret"))?;
+    let meta = f.metadata().map_err(io("stat secret"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::SecretPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.len() != out.len() as u64 {
+        return Err(StoreError::SecretLength {
+            path: path.to_path_buf(),
+            found: meta.len(),
+            expected: out.len(),
+        });
+    }
+    f.read_exact(out).map_err(io("read secret"))
 }
 
 #[cfg(test)]
