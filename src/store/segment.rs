@@ -575,6 +575,38 @@ pub enum OpenSegmentError {
     Invalid(SegmentError),
 }
 
+/// Recomputes the index, body and header checksums of `bytes` in place, where the header's
+/// declared geometry fits. For fuzzing and tests: it lets mutated segments reach slot and
+/// record validation instead of stopping at a checksum.
+#[doc(hidden)]
+pub fn reseal(bytes: &mut [u8]) {
+    if bytes.len() < HEADER_BYTES {
+        return;
+    }
+    let slot_count = le_u64(bytes, 64);
+    let records_offset = le_u64(bytes, 72);
+    let index_end =
+        (slot_count.saturating_mul(SLOT_BYTES as u64)).saturating_add(HEADER_BYTES as u64);
+    if let (Ok(ie), Ok(ro)) = (usize::try_from(index_end), usize::try_from(records_offset)) {
+        if let Some(index) = bytes.get(HEADER_BYTES..ie) {
+            let sum = xxhash_rust::xxh3::xxh3_64(index);
+            if let Some(d) = bytes.get_mut(88..96) {
+                d.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+        if let Some(body) = bytes.get(ro..) {
+            let sum = xxhash_rust::xxh3::xxh3_64(body);
+            if let Some(d) = bytes.get_mut(96..104) {
+                d.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(bytes.get(..120).unwrap_or(&[]));
+    if let Some(d) = bytes.get_mut(120..128) {
+        d.copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
 /// Copies `bytes` into a buffer aligned as records need (fuzzing, tests, `inspect` of
 /// fixtures).
 pub fn aligned_copy(bytes: &[u8]) -> AlignedVec<RECORD_ALIGN> {
