@@ -183,8 +183,9 @@ pub const STORE_COMPACT_AGE_SECS: Bound = Bound {
     default: 300,
 };
 
-/// Segment files at or below this size are fully validated at open before they serve;
-/// larger ones serve at once through checked access while a background pass validates them.
+/// Segment bytes (summed over the store) up to which open validates every segment in full
+/// before serving. Above it, open maps and serves at once (reads use rkyv's checked access
+/// per record) while a background thread validates, so a large store opens without a load step.
 pub const STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Index slots of one segment: bounds what a corrupt header can make us probe.

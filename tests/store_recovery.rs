@@ -312,3 +312,44 @@ fn leftover_temp_and_older_segments_are_removed_at_open() {
     assert!(store.get_session(&sample_identity(1), 0).is_some());
     assert_eq!(segment_files(dir.path()), vec![seg]);
 }
+
+#[test]
+fn large_store_serves_at_once_and_quarantines_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..100 {
+        block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+    }
+    store.compact(0).unwrap();
+    let shard_of: Vec<u32> = (0..100)
+        .map(|i| store.session_key(&sample_identity(i)).shard(8))
+        .collect();
+    drop(store);
+    let victim = segment_files(dir.path())[5].clone();
+    let victim_shard: u32 = victim.file_name().unwrap().to_str().unwrap()[1..6]
+        .parse()
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+
+    // Every store counts as "large": nothing is validated before serving.
+    let opts = StoreOpts {
+        validate_foreground_bytes_max: 0,
+        ..small_opts()
+    };
+    let mut store = Store::open(dir.path(), opts).unwrap();
+    store.wait_validated();
+    assert_eq!(store.stats().quarantined_segments, 1);
+    assert!(
+        dir.path()
+            .join("quarantine")
+            .join(victim.file_name().unwrap())
+            .exists()
+    );
+    for i in 0..100u64 {
+        let found = store.get_session(&sample_identity(i), 0).is_some();
+        assert_eq!(found, shard_of[i as usize] != victim_shard, "session {i}");
+    }
+}

@@ -22,7 +22,7 @@ use super::error::StoreError;
 use super::format::{FORMAT_VERSION, kind};
 use super::keys::{Keys, RecordKey};
 use super::mapped::RecordBytes;
-use super::segment::{self, BuildRecord, OpenSegmentError, Segment};
+use super::segment::{self, BuildRecord, OpenSegmentError, Segment, Validate};
 use super::wal;
 use super::writer::{self, MEM_ENTRY_OVERHEAD_BYTES};
 use super::{
@@ -77,6 +77,17 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
         let e = newest.entry(shard).or_insert(generation);
         *e = (*e).max(generation);
     }
+    let live_bytes: u64 = seg_files
+        .iter()
+        .filter(|(shard, generation, _)| newest.get(shard) == Some(generation))
+        .filter_map(|(_, _, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let when = if live_bytes <= opts.validate_foreground_bytes_max {
+        Validate::Now
+    } else {
+        Validate::Later
+    };
     let mut shard_segments: HashMap<u32, Arc<Segment>> = HashMap::new();
     let mut later = Vec::new();
     for (shard, generation, path) in seg_files {
@@ -85,7 +96,7 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             events.push(RecoveryEvent::StaleFileRemoved { path });
             continue;
         }
-        let opened = Segment::open(&path, generation).and_then(|s| {
+        let opened = Segment::open(&path, generation, when).and_then(|s| {
             let h = s.header();
             if h.shard != shard || h.shard_count != shard_count {
                 return Err(OpenSegmentError::Invalid(super::SegmentError::Header {
@@ -446,13 +457,11 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
         dir::sync_dir(&core.dir.join(dir::SEG_DIR))?;
         // The pair of the checksum computed before the rename: map what is on disk now and
         // validate it in full before it serves.
-        let seg = Segment::open(&path, generation)
-            .and_then(|s| s.validate().map(|()| s).map_err(OpenSegmentError::Invalid))
-            .map_err(|e| StoreError::Io {
-                op: "validate new segment",
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let seg = Segment::open(&path, generation, Validate::Now).map_err(|e| StoreError::Io {
+            op: "validate new segment",
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         debug_assert_eq!(seg.header().record_count, input.len() as u64);
         let written = segment::Header::decode(&bytes)
             .ok()

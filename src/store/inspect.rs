@@ -15,7 +15,7 @@ use super::format::{ArchivedDiskArtifact, ArchivedDiskSession, kind};
 use super::keys::{Keys, RecordKey, artifact_key};
 use super::mapped::RecordBytes;
 use super::model::{ArtifactDigest, ArtifactKind, SessionIdentity};
-use super::segment::{self, Found, Segment};
+use super::segment::{self, Found, Segment, Validate};
 use super::wal;
 
 /// What to report.
@@ -204,7 +204,7 @@ fn find(d: &Path, shard_count: u32, key: RecordKey) -> Result<Option<RecordBytes
     let Some((generation, path)) = segs.get(&shard) else {
         return Ok(None);
     };
-    match Segment::open(path, *generation) {
+    match Segment::open(path, *generation, Validate::Later) {
         Ok(seg) => Ok(match seg.find(key) {
             Found::Record(r) => Some(r),
             Found::Absent | Found::Corrupt => None,
@@ -238,7 +238,7 @@ fn summary(
     )?;
     for (shard, (generation, path)) in &segs {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let health = match Segment::open(path, *generation) {
+        let health = match Segment::open(path, *generation, Validate::Later) {
             Err(e) => {
                 bad += 1;
                 format!("INVALID: {e}")
@@ -269,7 +269,7 @@ fn summary(
         };
         seg_bytes += len;
         bar.inc(len);
-        let (s, a) = match Segment::open(path, *generation) {
+        let (s, a) = match Segment::open(path, *generation, Validate::Later) {
             Ok(seg) => (seg.header().session_count, seg.header().artifact_count),
             Err(_) => (0, 0),
         };

@@ -74,6 +74,9 @@ pub struct StoreOpts {
     pub memtable_bytes_max: u64,
     /// Seconds a non-empty in-memory table may wait for background compaction.
     pub compact_age_secs: u64,
+    /// Segment bytes up to which open validates everything before serving; above it,
+    /// validation runs in the background (`limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX`).
+    pub validate_foreground_bytes_max: u64,
     /// Manual or background compaction.
     pub compaction: Compaction,
     /// How WAL files are written (fault injection in tests).
@@ -88,6 +91,7 @@ impl StoreOpts {
             wal_groups: limits::STORE_WAL_GROUPS.default as u32,
             memtable_bytes_max: limits::STORE_MEMTABLE_BYTES.default,
             compact_age_secs: limits::STORE_COMPACT_AGE_SECS.default,
+            validate_foreground_bytes_max: limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX,
             compaction: Compaction::Manual,
             wal_backend: Arc::new(StdWalBackend),
         }

@@ -428,8 +428,8 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Maps and opens a segment file; validates at once if it is small (limits).
-    pub fn open(path: &Path, generation: u64) -> Result<Segment, OpenSegmentError> {
+    /// Maps and opens a segment file, validating it in full now or leaving that for later.
+    pub fn open(path: &Path, generation: u64, when: Validate) -> Result<Segment, OpenSegmentError> {
         let file = File::open(path).map_err(OpenSegmentError::Io)?;
         let len = file.metadata().map_err(OpenSegmentError::Io)?.len();
         if len < HEADER_BYTES as u64 {
@@ -438,11 +438,6 @@ impl Segment {
             }));
         }
         let backing = super::mapped::map_file(&file).map_err(OpenSegmentError::Io)?;
-        let when = if len <= limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX {
-            Validate::Now
-        } else {
-            Validate::Later
-        };
         Segment::from_backing(backing, path.to_path_buf(), generation, when)
             .map_err(OpenSegmentError::Invalid)
     }
