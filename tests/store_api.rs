@@ -365,3 +365,80 @@ fn inspect_reports_counts_health_and_finds_records_next_to_a_running_store() {
     .unwrap();
     assert!(String::from_utf8(out).unwrap().contains("no session"));
 }
+
+/// Copies a fixture store into a temp dir (git does not keep mode 0600 on the secrets).
+fn copy_fixture(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).unwrap();
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dst).unwrap();
+        if dst.extension().is_some_and(|e| e == "secret") {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    for sub in ["wal", "segments", "quarantine"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Format version 1 as released: segments holding sessions 0..4, a WAL with session 5, a
+/// tombstone for session 4 and one artifact. Every later build must open it unchanged.
+/// Regenerate (only when adding a new version's fixture) with BACKSTOP_REGEN_STORE_FIXTURE=1.
+#[test]
+fn format_v1_fixture_opens_with_every_record() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
+    if std::env::var("BACKSTOP_REGEN_STORE_FIXTURE").is_ok() {
+        let _ = std::fs::remove_dir_all(&fixture);
+        let store = open(&fixture);
+        for i in 0..5 {
+            block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+        }
+        store.compact(0).unwrap();
+        block(store.put_session(&sample_snapshot(5, FAR))).unwrap();
+        block(store.remove_session(&sample_identity(4))).unwrap();
+        let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+        block(store.put_artifact(&sample_artifact(5, d, FAR))).unwrap();
+        drop(store);
+        std::fs::remove_file(fixture.join("LOCK")).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    let store = open(dir.path());
+    assert!(
+        store.recovery_report().is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    for i in [0, 1, 2, 3, 5] {
+        assert_eq!(
+            store
+                .get_session(&sample_identity(i), 0)
+                .unwrap()
+                .to_snapshot(),
+            sample_snapshot(i, FAR),
+            "session {i}"
+        );
+    }
+    assert!(store.get_session(&sample_identity(4), 0).is_none());
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+    assert_eq!(
+        store.get_artifact(&d, 0).unwrap().to_record(),
+        Some(sample_artifact(5, d, FAR))
+    );
+    assert!(store.stats().segment_records >= 5);
+}
