@@ -442,3 +442,29 @@ fn format_v1_fixture_opens_with_every_record() {
     );
     assert!(store.stats().segment_records >= 5);
 }
+
+#[test]
+fn dropping_the_store_with_an_unpolled_put_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pending = store.put_session(&sample_snapshot(1, FAR));
+    drop(store);
+    // The writer is still there for it: the put completes and is durable.
+    block(pending).unwrap();
+    // The writer thread exits (releasing the lock) right after its last sender is gone.
+    let mut reopened = None;
+    for _ in 0..200 {
+        match Store::open(dir.path(), small_opts()) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let store = reopened.expect("lock released after the last in-flight put");
+    assert!(store.get_session(&sample_identity(1), 0).is_some());
+}

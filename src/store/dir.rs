@@ -43,7 +43,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 pub fn create_layout(dir: &Path) -> Result<(), StoreError> {
     for sub in [None, Some(WAL_DIR), Some(SEG_DIR), Some(QUARANTINE_DIR)] {
         let p = sub.map_or_else(|| dir.to_path_buf(), |s| dir.join(s));
-        match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&p) {
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&p)
+        {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("mkdir", &p)(e)),

@@ -320,7 +320,8 @@ struct Engine {
 }
 
 /// An open session store. Dropping it stops the compactor, drains the writers and releases the
-/// data-dir lock.
+/// data-dir lock (if put futures are still alive, the writers and the lock outlive the handle
+/// until those futures complete or are dropped).
 pub struct Store {
     engine: Engine,
     writers: Vec<JoinHandle<()>>,
@@ -592,7 +593,18 @@ impl Drop for Store {
             let _ = stop.send(());
             let _ = h.join();
         }
+        // A put future that was created but not yet completed holds a sender clone; joining
+        // the writers would then wait for it forever. In that case the writers are left to
+        // finish on their own once those futures complete or drop (they hold the data-dir lock
+        // until then).
+        let outstanding = self.engine.senders.iter().any(|s| s.strong_count() > 1);
         self.engine.senders.clear();
+        if outstanding {
+            tracing::warn!(
+                "store dropped with writes in flight; writer threads finish them in the background"
+            );
+            self.writers.clear();
+        }
         for h in self.writers.drain(..) {
             let _ = h.join();
         }
