@@ -357,8 +357,22 @@ impl Engine {
     fn rotate(&self, group: u32) -> Result<u64, StoreError> {
         let tx = self.senders.get(group as usize).ok_or(StoreError::Closed)?;
         let (reply, rx) = std::sync::mpsc::sync_channel(1);
-        tx.blocking_send(WriterMsg::Rotate(reply))
-            .map_err(|_| StoreError::Closed)?;
+        // try_send rather than blocking_send: the latter panics when called from inside an
+        // async runtime, and `compact` may be called from anywhere. A full queue means the
+        // writer is busy; waiting a little is the right backpressure.
+        let mut msg = WriterMsg::Rotate(reply);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(StoreError::Closed);
+                }
+            }
+        }
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 

@@ -535,7 +535,8 @@ impl Store {
 
     /// Compacts every WAL group now: in-memory tables and segments merge into one new segment
     /// per shard, expired (at `now_secs`) and superseded records dropped, and the WAL files
-    /// the new segments cover deleted. Blocks; call from a blocking context.
+    /// the new segments cover deleted. Blocks the calling thread for the duration (inside an
+    /// async runtime, call it through `spawn_blocking`).
     pub fn compact(&self, now_secs: i64) -> Result<(), StoreError> {
         for g in 0..self.engine.core.group_count {
             self.engine.compact_group(g, now_secs)?;
