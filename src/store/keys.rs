@@ -93,19 +93,36 @@ impl Keys {
     /// encoding injective: ("ab","c") and ("a","bc") hash different inputs.
     pub fn session_key(&self, id: &SessionIdentity) -> RecordKey {
         let fields = [&id.tenant, &id.user, &id.device, &id.app, &id.resource];
-        let total: usize = fields.iter().map(|f| f.len() + 4).sum();
-        let mut buf = Vec::with_capacity(total + 1);
+        let total: usize = 1 + fields.iter().map(|f| f.len() + 4).sum::<usize>();
+        // On the lookup path: typical identities fit a stack buffer, so no allocation.
+        let mut stack = [0u8; 512];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = match stack.get_mut(..total) {
+            Some(b) => b,
+            None => {
+                heap.resize(total, 0);
+                &mut heap
+            }
+        };
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(d) = buf.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
         // Domain separation from artifact keys, which share the key space.
-        buf.push(b'S');
+        put(b"S");
         for f in fields {
             let len = u32::try_from(f.len()).unwrap_or(u32::MAX);
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(f.as_bytes());
+            put(&len.to_le_bytes());
+            put(f.as_bytes());
         }
-        // INVARIANT: the secret is SESSION_SECRET_BYTES >= SECRET_SIZE_MIN (asserted above),
-        // so xxh3's length assertion cannot fire.
+        debug_assert_eq!(at, total);
+        // INVARIANT: the secret is SESSION_SECRET_BYTES >= 136 (asserted above), so xxh3's
+        // length assertion cannot fire.
         RecordKey(xxhash_rust::xxh3::xxh3_128_with_secret(
-            &buf,
+            buf,
             &self.session.0,
         ))
     }
@@ -206,6 +223,16 @@ mod tests {
     fn length_prefix_separates_shifted_identifiers() {
         let k = Keys::from_secrets([7; SESSION_SECRET_BYTES], [9; ARTIFACT_PEPPER_BYTES]);
         assert_ne!(k.session_key(&id("ab", "c")), k.session_key(&id("a", "bc")));
+    }
+
+    #[test]
+    fn long_identities_hash_on_the_heap_path_and_stay_distinct() {
+        let k = Keys::from_secrets([7; SESSION_SECRET_BYTES], [9; ARTIFACT_PEPPER_BYTES]);
+        let long = "x".repeat(600);
+        let a = k.session_key(&id(&long, "u"));
+        assert_eq!(a, k.session_key(&id(&long, "u")));
+        assert_ne!(a, k.session_key(&id(&long, "v")));
+        assert_ne!(a, k.session_key(&id("x", "u")));
     }
 
     #[test]

@@ -279,8 +279,11 @@ impl Core {
     fn lookup(&self, key: RecordKey) -> Option<RecordBytes> {
         let shard = self.shard(key)?;
         let st = shard.state.load();
-        if let Some(v) = st.mem.get(&key.0) {
-            return v.rec.clone();
+        // After a compaction the table is usually empty: skip hashing into it.
+        if !st.mem.is_empty() {
+            if let Some(v) = st.mem.get(&key.0) {
+                return v.rec.clone();
+            }
         }
         for seg in st.segments.iter() {
             match seg.find(key) {
