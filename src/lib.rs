@@ -15,4 +15,5 @@ pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod store;
 pub mod token;

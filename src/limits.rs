@@ -238,6 +238,75 @@ const _: () = {
 // Store (issue 3): append store limits below this line.
 // ---------------------------------------------------------------------------------------------
 
+/// Shards of the session store. Fixed when a store is created (keys are routed by hash modulo
+/// this), so a reopen with another value is refused. 64 keeps segments small enough that a
+/// full-shard compaction stays short, and is far below the open-file budget.
+pub const STORE_SHARDS: Bound = Bound {
+    min: 1,
+    max: 4096,
+    default: 64,
+};
+
+/// WAL writer groups: each owns one WAL file, one writer thread, and one fsync per batch. On two
+/// cores two writers keep the disk busy; more only adds fsyncs.
+pub const STORE_WAL_GROUPS: Bound = Bound {
+    min: 1,
+    max: 64,
+    default: 2,
+};
+
+/// Bytes of one encoded record (a session snapshot with its claim templates). A real snapshot
+/// is a few KiB; 256 KiB bounds what a corrupt length prefix can make us allocate.
+pub const STORE_RECORD_BYTES_MAX: u32 = 256 * 1024;
+
+/// Bytes of one identifier (tenant, user, device, app, resource) or one list item.
+pub const STORE_IDENTIFIER_BYTES_MAX: usize = 4096;
+
+/// Bytes of a pre-serialized claims template.
+pub const STORE_TEMPLATE_BYTES_MAX: usize = 64 * 1024;
+
+/// Records written by one group commit (one write + one fsync).
+pub const STORE_BATCH_RECORDS_MAX: usize = 16 * 1024;
+
+/// Queued writes per WAL group before `put_*` waits (backpressure instead of unbounded memory).
+pub const STORE_QUEUE_RECORDS_MAX: usize = 64 * 1024;
+
+/// Bytes in a shard's in-memory table that make the background compactor flush its group.
+pub const STORE_MEMTABLE_BYTES: Bound = Bound {
+    min: 64 * 1024,
+    max: 16 * 1024 * 1024 * 1024,
+    default: 256 * 1024 * 1024,
+};
+
+/// Background compactor ticks (seconds) with a non-empty in-memory table before it flushes
+/// anyway, so the WAL replayed at the next open stays short.
+pub const STORE_COMPACT_AGE_SECS: Bound = Bound {
+    min: 1,
+    max: 86_400,
+    default: 300,
+};
+
+/// Segment bytes (summed over the store) up to which open validates every segment in full
+/// before serving. Above it, open maps and serves at once (reads use rkyv's checked access
+/// per record) while a background thread validates, so a large store opens without a load step.
+pub const STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Index slots of one segment: bounds what a corrupt header can make us probe.
+pub const STORE_SEGMENT_SLOTS_MAX: u64 = 1 << 32;
+
+const _: () = {
+    assert!(STORE_SHARDS.is_coherent());
+    assert!(STORE_WAL_GROUPS.is_coherent());
+    assert!(STORE_MEMTABLE_BYTES.is_coherent());
+    assert!(STORE_COMPACT_AGE_SECS.is_coherent());
+    // A group never has more WAL files than there are shards to route into it.
+    assert!(STORE_WAL_GROUPS.max <= STORE_SHARDS.max);
+    // A batch must fit in the queue that feeds it.
+    assert!(STORE_BATCH_RECORDS_MAX <= STORE_QUEUE_RECORDS_MAX);
+    // A record holds two templates and its identifiers.
+    assert!(2 * STORE_TEMPLATE_BYTES_MAX < STORE_RECORD_BYTES_MAX as usize);
+};
+
 // ---------------------------------------------------------------------------------------------
 // Token (issue 4): append token and JOSE limits below this line.
 // ---------------------------------------------------------------------------------------------

@@ -32,4 +32,5 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+pub mod store;
 pub mod token;

@@ -1,0 +1,516 @@
+//! Opening (recovery) and compaction: the two places that create, swap and delete files.
+//!
+//! Compaction of a WAL group: rotate the group's WAL (everything before is durable and
+//! published), snapshot each shard's state, merge its in-memory table over its segments into
+//! one new segment (expired and superseded records dropped), write it to a temp file, fsync,
+//! rename, fsync the directory, map and validate it, swap it in, and only when every shard of
+//! the group is done delete the WAL files of earlier generations. A crash at any point leaves
+//! either the old segment plus the WAL that covers the difference, or the new segment plus a
+//! WAL whose replay changes nothing (replay is in generation order, last write wins).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::dir::{self, io_err};
+use super::error::StoreError;
+use super::format::{FORMAT_VERSION, kind};
+use super::keys::{Keys, RecordKey};
+use super::mapped::RecordBytes;
+use super::segment::{self, BuildRecord, OpenSegmentError, Segment, Validate};
+use super::wal;
+use super::writer::{self, MEM_ENTRY_OVERHEAD_BYTES};
+use super::{
+    Compaction, Core, Engine, GroupState, MemEntry, MemValue, RecoveryEvent, Replayed, Shard,
+    ShardState, Store, StoreOpts, WriterMsg,
+};
+use crate::limits;
+
+fn expires_at(rec: &RecordBytes) -> Option<i64> {
+    match rec.kind() {
+        kind::SESSION => rec.clone().into_session().map(|s| s.expires_at_secs()),
+        kind::ARTIFACT => rec.clone().into_artifact().map(|a| a.expires_at_secs()),
+        _ => None,
+    }
+}
+
+pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError> {
+    dir::create_layout(dir_path)?;
+    let lock = dir::lock(dir_path)?;
+    let shard_count = dir::check_or_write_format(dir_path, opts.shard_count)?;
+    if shard_count != opts.shard_count {
+        return Err(StoreError::ShardCountMismatch {
+            configured: opts.shard_count,
+            on_disk: shard_count,
+        });
+    }
+    let keys = Keys::load_or_create(dir_path)?;
+    let group_count = opts.wal_groups.min(shard_count).max(1);
+    let mut events = Vec::new();
+    let mut max_generation = 0u64;
+    let mut quarantined = 0u64;
+
+    // Segments: keep the newest generation of each shard. Older ones are leftovers of a
+    // compaction that crashed after its rename (the newest contains all they held), and a
+    // newest one that fails validation is quarantined without falling back to an older one,
+    // which could resurrect records that were superseded since.
+    let seg_dir = dir_path.join(dir::SEG_DIR);
+    let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seg_files = Vec::new();
+    for name in dir::list(&seg_dir)? {
+        let path = seg_dir.join(&name);
+        if name.starts_with("tmp-") {
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            events.push(RecoveryEvent::StaleFileRemoved { path });
+            continue;
+        }
+        let Some((shard, generation)) = dir::parse_seg_name(&name) else {
+            continue;
+        };
+        max_generation = max_generation.max(generation);
+        seg_files.push((shard, generation, path));
+        let e = newest.entry(shard).or_insert(generation);
+        *e = (*e).max(generation);
+    }
+    let live_bytes: u64 = seg_files
+        .iter()
+        .filter(|(shard, generation, _)| newest.get(shard) == Some(generation))
+        .filter_map(|(_, _, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let when = if live_bytes <= opts.validate_foreground_bytes_max {
+        Validate::Now
+    } else {
+        Validate::Later
+    };
+    let mut shard_segments: HashMap<u32, Arc<Segment>> = HashMap::new();
+    let mut later = Vec::new();
+    for (shard, generation, path) in seg_files {
+        if newest.get(&shard) != Some(&generation) || shard >= shard_count {
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            events.push(RecoveryEvent::StaleFileRemoved { path });
+            continue;
+        }
+        let opened = Segment::open(&path, generation, when).and_then(|s| {
+            let h = s.header();
+            if h.shard != shard || h.shard_count != shard_count {
+                return Err(OpenSegmentError::Invalid(super::SegmentError::Header {
+                    field: "shard",
+                }));
+            }
+            Ok(s)
+        });
+        match opened {
+            Ok(seg) => {
+                let seg = Arc::new(seg);
+                if !seg.is_validated() {
+                    later.push(Arc::clone(&seg));
+                }
+                shard_segments.insert(shard, seg);
+            }
+            Err(OpenSegmentError::Invalid(super::SegmentError::NewerFormat {
+                found,
+                supported,
+            })) => {
+                return Err(StoreError::NewerFormat {
+                    path,
+                    found,
+                    supported,
+                });
+            }
+            Err(e) => {
+                let to = dir::quarantine(dir_path, &path)?;
+                quarantined += 1;
+                events.push(RecoveryEvent::SegmentQuarantined {
+                    path: to,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    // WAL: replay every file in generation order (per group order does not matter: a key
+    // lives in exactly one group, and groups are fixed by shard), truncating torn tails.
+    let wal_dir = dir_path.join(dir::WAL_DIR);
+    let mut wal_files: Vec<(u64, u32, PathBuf)> = Vec::new();
+    for name in dir::list(&wal_dir)? {
+        if let Some((g, generation)) = dir::parse_wal_name(&name) {
+            max_generation = max_generation.max(generation);
+            wal_files.push((generation, g, wal_dir.join(name)));
+        }
+    }
+    wal_files.sort();
+    let mut replayed: Replayed = HashMap::new();
+    let mut truncations = 0u64;
+    for (_, _, path) in &wal_files {
+        let bytes = wal::read_file(path).map_err(io_err("read wal", path))?;
+        match wal::decode_file_header(&bytes) {
+            None => {
+                // Only a header that never became durable can be torn: `create_wal` syncs
+                // the header and the directory before any record is appended.
+                std::fs::remove_file(path).map_err(io_err("remove", path))?;
+                events.push(RecoveryEvent::WalHeaderTorn { path: path.clone() });
+                continue;
+            }
+            Some(h) if h.format_version > FORMAT_VERSION => {
+                return Err(StoreError::NewerFormat {
+                    path: path.clone(),
+                    found: h.format_version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        let (_, torn) = wal::replay(&bytes, |rec| {
+            let shard = rec.key.shard(shard_count);
+            let value = if rec.kind == kind::TOMBSTONE {
+                MemValue {
+                    rec: None,
+                    bytes: MEM_ENTRY_OVERHEAD_BYTES,
+                }
+            } else {
+                let Some(r) = RecordBytes::check_owned(rec.kind, segment::aligned_copy(rec.body))
+                else {
+                    return false;
+                };
+                let bytes = r.bytes().len() as u64 + MEM_ENTRY_OVERHEAD_BYTES;
+                MemValue {
+                    rec: Some(r),
+                    bytes,
+                }
+            };
+            replayed
+                .entry(shard)
+                .or_default()
+                .insert(rec.key.0, Arc::new(value));
+            true
+        });
+        if let Some(t) = torn {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io_err("open wal", path))?;
+            f.set_len(t.good_bytes)
+                .map_err(io_err("truncate wal", path))?;
+            f.sync_all().map_err(io_err("fsync wal", path))?;
+            truncations += 1;
+            events.push(RecoveryEvent::WalTruncated {
+                path: path.clone(),
+                good_bytes: t.good_bytes,
+                dropped_bytes: t.dropped_bytes,
+                reason: t.reason,
+            });
+        }
+    }
+
+    let shards = (0..shard_count)
+        .map(|i| {
+            let mem = replayed.remove(&i).unwrap_or_default();
+            let mem_bytes = mem.values().map(|v| v.bytes).sum();
+            let segments = shard_segments.remove(&i).into_iter().collect();
+            Shard {
+                state: ArcSwap::from_pointee(ShardState {
+                    mem,
+                    mem_bytes,
+                    segments,
+                }),
+                modify: Mutex::new(()),
+            }
+        })
+        .collect();
+    for e in &events {
+        tracing::warn!(event = ?e, "store recovery");
+    }
+    let core = Arc::new(Core {
+        dir: dir_path.to_path_buf(),
+        keys,
+        shard_count,
+        group_count,
+        shards,
+        groups: (0..group_count).map(|_| GroupState::default()).collect(),
+        next_generation: AtomicU64::new(max_generation + 1),
+        compact_lock: Mutex::new(()),
+        quarantined: AtomicU64::new(quarantined),
+        corrupt_reads: AtomicU64::new(0),
+        wal_truncations: AtomicU64::new(truncations),
+        compactions: AtomicU64::new(0),
+        backend: Arc::clone(&opts.wal_backend),
+        report: Mutex::new(events),
+        _lock: lock,
+    });
+
+    // Each group writes to a fresh generation: a file that was truncated above is never
+    // appended to, so no new record can follow a torn one.
+    let mut senders = Vec::new();
+    let mut writers = Vec::new();
+    for g in 0..group_count {
+        let wal = writer::create_wal(&core, g, core.next_generation())?;
+        let (tx, rx) = tokio::sync::mpsc::channel(limits::STORE_QUEUE_RECORDS_MAX);
+        let c = Arc::clone(&core);
+        let h = std::thread::Builder::new()
+            .name(format!("store-wal-{g}"))
+            .spawn(move || writer::run(c, wal, rx))
+            .map_err(io_err("spawn writer", dir_path))?;
+        senders.push(tx);
+        writers.push(h);
+    }
+    let engine = Engine {
+        core: Arc::clone(&core),
+        senders,
+    };
+
+    let mut validators = Vec::new();
+    if !later.is_empty() {
+        let c = Arc::clone(&core);
+        let h = std::thread::Builder::new()
+            .name("store-validate".into())
+            .spawn(move || validate_in_background(&c, later))
+            .map_err(io_err("spawn validator", dir_path))?;
+        validators.push(h);
+    }
+
+    let compactor = match opts.compaction {
+        Compaction::Manual => None,
+        Compaction::Background { clock } => {
+            let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+            let e = engine.clone();
+            let (bytes_max, age_secs) = (opts.memtable_bytes_max, opts.compact_age_secs);
+            let h = std::thread::Builder::new()
+                .name("store-compact".into())
+                .spawn(move || background(e, stop_rx, clock, bytes_max, age_secs))
+                .map_err(io_err("spawn compactor", dir_path))?;
+            Some((stop, h))
+        }
+    };
+    Ok(Store {
+        engine,
+        writers,
+        compactor,
+        validators,
+    })
+}
+
+fn validate_in_background(core: &Core, segs: Vec<Arc<Segment>>) {
+    for seg in segs {
+        if let Err(e) = seg.validate() {
+            // The segment already stopped serving (`Segment::is_failed`); move the file aside.
+            match dir::quarantine(&core.dir, seg.path()) {
+                Ok(to) => {
+                    core.quarantined.fetch_add(1, Ordering::Relaxed);
+                    core.record_event(RecoveryEvent::SegmentQuarantined {
+                        path: to,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(qe) => tracing::error!(error = %qe, "could not quarantine a failed segment"),
+            }
+        }
+    }
+}
+
+/// One-second ticks: counting them stands in for reading the clock for the age policy.
+fn background(
+    engine: Engine,
+    stop: std::sync::mpsc::Receiver<()>,
+    clock: super::Clock,
+    bytes_max: u64,
+    age_secs: u64,
+) {
+    let core = Arc::clone(&engine.core);
+    let mut last = vec![0u64; core.group_count as usize];
+    let mut tick = 0u64;
+    loop {
+        match stop.recv_timeout(std::time::Duration::from_secs(1)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        tick += 1;
+        for g in 0..core.group_count {
+            let (mut bytes, mut entries) = (0u64, 0usize);
+            for (i, s) in core.shards.iter().enumerate() {
+                if core.group_of(i as u32) == g {
+                    let st = s.state.load();
+                    bytes += st.mem_bytes;
+                    entries += st.mem.len();
+                }
+            }
+            let Some(last_g) = last.get_mut(g as usize) else {
+                continue;
+            };
+            let aged = entries > 0 && tick.saturating_sub(*last_g) >= age_secs;
+            if bytes > bytes_max || aged {
+                if let Err(e) = engine.compact_group(g, clock()) {
+                    tracing::error!(group = g, error = %e, "background compaction failed");
+                }
+                *last_g = tick;
+            }
+        }
+    }
+}
+
+impl Engine {
+    fn rotate(&self, group: u32) -> Result<u64, StoreError> {
+        let tx = self.senders.get(group as usize).ok_or(StoreError::Closed)?;
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        // try_send rather than blocking_send: the latter panics when called from inside an
+        // async runtime, and `compact` may be called from anywhere. A full queue means the
+        // writer is busy; waiting a little is the right backpressure.
+        let mut msg = WriterMsg::Rotate(reply);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(StoreError::Closed);
+                }
+            }
+        }
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) fn compact_group(&self, group: u32, now_secs: i64) -> Result<(), StoreError> {
+        let core = &self.core;
+        let _serial = core.compact_lock.lock().map_err(|_| StoreError::Closed)?;
+        let new_generation = self.rotate(group)?;
+        for shard_id in (0..core.shard_count).filter(|&s| core.group_of(s) == group) {
+            compact_shard(core, shard_id, now_secs)?;
+        }
+        // Every shard of the group now has a durable segment covering the WAL generations
+        // before `new_generation`: those files can go.
+        let wal_dir = core.dir.join(dir::WAL_DIR);
+        let mut removed = false;
+        for name in dir::list(&wal_dir)? {
+            if let Some((g, generation)) = dir::parse_wal_name(&name)
+                && generation < new_generation
+                && g % core.group_count == group
+            {
+                let p = wal_dir.join(&name);
+                std::fs::remove_file(&p).map_err(io_err("remove wal", &p))?;
+                removed = true;
+            }
+        }
+        if removed {
+            dir::sync_dir(&wal_dir)?;
+        }
+        core.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreError> {
+    let Some(shard) = core.shards.get(shard_id as usize) else {
+        return Ok(());
+    };
+    let snap = shard.state.load_full();
+    let expiring = snap
+        .segments
+        .iter()
+        .any(|s| s.header().min_expires_at_secs <= now_secs);
+    if snap.mem.is_empty() && !expiring && snap.segments.len() <= 1 {
+        return Ok(());
+    }
+    // Merge oldest to newest so newer records replace older ones.
+    let mut live: HashMap<u128, RecordBytes> = HashMap::new();
+    for seg in snap.segments.iter().rev() {
+        if seg.is_failed() {
+            continue;
+        }
+        for (key, rec) in seg.records() {
+            live.insert(key.0, rec);
+        }
+    }
+    for (key, v) in snap.mem.iter() {
+        match &v.rec {
+            Some(r) => live.insert(*key, r.clone()),
+            None => live.remove(key),
+        };
+    }
+    let mut input: Vec<(u128, RecordBytes, i64)> = live
+        .into_iter()
+        .filter_map(|(k, r)| {
+            let exp = expires_at(&r)?;
+            (exp > now_secs).then_some((k, r, exp))
+        })
+        .collect();
+    // A deterministic order keeps segment bytes reproducible for the same content.
+    input.sort_by_key(|(k, _, _)| *k);
+
+    let new_segment = if input.is_empty() {
+        None
+    } else {
+        let build: Vec<BuildRecord<'_>> = input
+            .iter()
+            .map(|(k, r, exp)| BuildRecord {
+                key: RecordKey(*k),
+                kind: r.kind(),
+                bytes: r.bytes(),
+                expires_at_secs: *exp,
+            })
+            .collect();
+        let bytes = segment::build(shard_id, core.shard_count, &build);
+        let generation = core.next_generation();
+        let tmp = dir::seg_tmp_path(&core.dir, generation);
+        let path = dir::seg_path(&core.dir, shard_id, generation);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err("create segment", &tmp))?;
+            f.write_all(&bytes).map_err(io_err("write segment", &tmp))?;
+            f.sync_all().map_err(io_err("fsync segment", &tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err("rename segment", &tmp))?;
+        dir::sync_dir(&core.dir.join(dir::SEG_DIR))?;
+        // The pair of the checksum computed before the rename: map what is on disk now and
+        // validate it in full before it serves.
+        let seg = Segment::open(&path, generation, Validate::Now).map_err(|e| StoreError::Io {
+            op: "validate new segment",
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        debug_assert_eq!(seg.header().record_count, input.len() as u64);
+        let written = segment::Header::decode(&bytes)
+            .ok()
+            .map(|h| (h.index_xxh3, h.body_xxh3));
+        debug_assert_eq!(
+            written,
+            Some((seg.header().index_xxh3, seg.header().body_xxh3))
+        );
+        Some(Arc::new(seg))
+    };
+
+    {
+        let _guard = shard.modify.lock();
+        let cur = shard.state.load_full();
+        let mut mem: imbl::HashMap<u128, MemEntry> = cur.mem.clone();
+        // Entries written after the snapshot stay; those the segment now holds go.
+        mem.retain(|k, v| snap.mem.get(k).is_none_or(|s| !Arc::ptr_eq(s, v)));
+        let mem_bytes = mem.values().map(|v| v.bytes).sum();
+        shard.state.store(Arc::new(ShardState {
+            mem,
+            mem_bytes,
+            segments: new_segment.into_iter().collect(),
+        }));
+    }
+    // Readers that loaded the old state keep their mappings; unlinking leaves those valid.
+    let mut removed = false;
+    for old in snap.segments.iter() {
+        if old.path().exists() {
+            std::fs::remove_file(old.path()).map_err(io_err("remove segment", old.path()))?;
+            removed = true;
+        }
+    }
+    if removed {
+        dir::sync_dir(&core.dir.join(dir::SEG_DIR))?;
+    }
+    Ok(())
+}

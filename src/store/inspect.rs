@@ -1,0 +1,441 @@
+//! `backstop inspect DATA_DIR`: a read-only report of a store directory (shards, record
+//! counts, bytes, expiry histogram, segment and WAL health) and single-record lookups.
+//!
+//! Read-only on purpose: it takes no lock (it works next to a running server), truncates and
+//! quarantines nothing, and creates no secret. Segments are immutable and WAL files only grow,
+//! so reading them concurrently with a server is safe; what it reports is a moment's view.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::dir;
+use super::error::StoreError;
+use super::format::{ArchivedDiskArtifact, ArchivedDiskSession, kind};
+use super::keys::{Keys, RecordKey, artifact_key};
+use super::mapped::RecordBytes;
+use super::model::{ArtifactDigest, ArtifactKind, SessionIdentity};
+use super::segment::{self, Found, Segment, Validate};
+use super::wal;
+
+/// What to report.
+#[derive(Debug, Clone)]
+pub enum InspectQuery {
+    /// Shards, counts, bytes, expiry histogram, segment and WAL health.
+    Summary,
+    /// The newest record of one session (`--session`).
+    Session(SessionIdentity),
+    /// The newest record of one artifact (`--artifact`).
+    Artifact(ArtifactLookup),
+}
+
+/// How `--artifact` names the artifact.
+#[derive(Debug, Clone)]
+pub enum ArtifactLookup {
+    /// By digest (64 hex characters, as logged).
+    Digest(ArtifactDigest),
+    /// By the raw credential; digested with the store's pepper and not printed.
+    Credential {
+        /// What the credential is.
+        kind: ArtifactKind,
+        /// The raw bytes.
+        raw: Vec<u8>,
+    },
+}
+
+/// Why `inspect` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the report failed.
+    #[error("writing the report: {0}")]
+    Output(#[from] std::io::Error),
+    /// `DATA_DIR` has no store.
+    #[error("{0} has no FORMAT file: not a backstop store directory")]
+    NotAStore(PathBuf),
+}
+
+/// Expiry buckets of the histogram, relative to `now_secs`: upper bounds in seconds.
+const BUCKETS: [(&str, i64); 6] = [
+    ("expired", 0),
+    ("< 1 h", 3600),
+    ("< 1 d", 86_400),
+    ("< 3 d", 3 * 86_400),
+    ("< 7 d", 7 * 86_400),
+    (">= 7 d", i64::MAX),
+];
+
+fn bucket(expires_at_secs: i64, now_secs: i64) -> usize {
+    let left = expires_at_secs.saturating_sub(now_secs);
+    BUCKETS
+        .iter()
+        .position(|(_, max)| left <= *max && (*max == 0 || left < *max))
+        .unwrap_or(BUCKETS.len() - 1)
+}
+
+fn expires_of(rec: &RecordBytes) -> Option<i64> {
+    match rec.kind() {
+        kind::SESSION => rec.clone().into_session().map(|s| s.expires_at_secs()),
+        kind::ARTIFACT => rec.clone().into_artifact().map(|a| a.expires_at_secs()),
+        _ => None,
+    }
+}
+
+struct WalFileInfo {
+    path: PathBuf,
+    records: u64,
+    bytes: u64,
+    torn: Option<wal::TornTail>,
+}
+
+/// Shard -> (generation, path) of its newest segment.
+type NewestSegments = BTreeMap<u32, (u64, PathBuf)>;
+
+/// Newest segment per shard, and WAL files in generation order.
+fn listing(d: &Path) -> Result<(NewestSegments, Vec<PathBuf>), StoreError> {
+    let mut segs: BTreeMap<u32, (u64, PathBuf)> = BTreeMap::new();
+    for name in dir::list(&d.join(dir::SEG_DIR))? {
+        if let Some((shard, generation)) = dir::parse_seg_name(&name) {
+            let path = d.join(dir::SEG_DIR).join(&name);
+            let e = segs.entry(shard).or_insert((generation, path.clone()));
+            if generation > e.0 {
+                *e = (generation, path);
+            }
+        }
+    }
+    let mut wals: Vec<(u64, PathBuf)> = Vec::new();
+    for name in dir::list(&d.join(dir::WAL_DIR))? {
+        if let Some((_, generation)) = dir::parse_wal_name(&name) {
+            wals.push((generation, d.join(dir::WAL_DIR).join(name)));
+        }
+    }
+    wals.sort();
+    Ok((segs, wals.into_iter().map(|(_, p)| p).collect()))
+}
+
+fn progress(len: u64, what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar
+}
+
+/// Writes the report for `query` about the store in `dir` to `out`; a progress bar goes to
+/// stderr (hidden when stderr is not a terminal). `now_secs` anchors expiry.
+pub fn run(
+    dir_path: &Path,
+    query: &InspectQuery,
+    now_secs: i64,
+    out: &mut impl Write,
+) -> Result<(), InspectError> {
+    let format = dir_path.join(dir::FORMAT_FILE);
+    if !format.exists() {
+        return Err(InspectError::NotAStore(dir_path.to_path_buf()));
+    }
+    // Refuses a newer format exactly as `Store::open` does; writes nothing for an existing file.
+    let shard_count = dir::check_or_write_format(dir_path, 1)?;
+    match query {
+        InspectQuery::Summary => summary(dir_path, shard_count, now_secs, out),
+        InspectQuery::Session(id) => {
+            let keys = Keys::load(dir_path)?;
+            let key = keys.session_key(id);
+            match find(dir_path, shard_count, key)? {
+                Some(rec) => match rec.into_session().filter(|s| s.is_identity(id)) {
+                    Some(s) => print_session(&s, now_secs, out)?,
+                    None => writeln!(out, "no session recorded for that identity")?,
+                },
+                None => writeln!(out, "no session recorded for that identity")?,
+            }
+            Ok(())
+        }
+        InspectQuery::Artifact(lookup) => {
+            let digest = match lookup {
+                ArtifactLookup::Digest(d) => *d,
+                ArtifactLookup::Credential { kind, raw } => {
+                    Keys::load(dir_path)?.artifact_digest(*kind, raw)
+                }
+            };
+            match find(dir_path, shard_count, artifact_key(&digest))? {
+                Some(rec) => match rec.into_artifact().filter(|a| a.is_digest(&digest)) {
+                    Some(a) => print_artifact(&a, now_secs, out)?,
+                    None => writeln!(out, "no artifact recorded with digest {}", digest.to_hex())?,
+                },
+                None => writeln!(out, "no artifact recorded with digest {}", digest.to_hex())?,
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The newest record for `key`: the last WAL record (generation order), else the segment.
+/// `Some` of a tombstone's absence is `None`.
+fn find(d: &Path, shard_count: u32, key: RecordKey) -> Result<Option<RecordBytes>, StoreError> {
+    let (segs, wals) = listing(d)?;
+    let mut newest: Option<Option<RecordBytes>> = None;
+    for path in &wals {
+        let bytes = wal::read_file(path).map_err(dir::io_err("read wal", path))?;
+        if wal::decode_file_header(&bytes).is_none() {
+            continue;
+        }
+        let _ = wal::replay(&bytes, |r| {
+            if r.key == key {
+                newest = Some(if r.kind == kind::TOMBSTONE {
+                    None
+                } else {
+                    RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
+                });
+            }
+            true
+        });
+    }
+    if let Some(n) = newest {
+        return Ok(n);
+    }
+    let shard = key.shard(shard_count);
+    let Some((generation, path)) = segs.get(&shard) else {
+        return Ok(None);
+    };
+    match Segment::open(path, *generation, Validate::Later) {
+        Ok(seg) => Ok(match seg.find(key) {
+            Found::Record(r) => Some(r),
+            Found::Absent | Found::Corrupt => None,
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+fn summary(
+    d: &Path,
+    shard_count: u32,
+    now_secs: i64,
+    out: &mut impl Write,
+) -> Result<(), InspectError> {
+    let (segs, wals) = listing(d)?;
+    writeln!(out, "store {}", d.display())?;
+    writeln!(out, "shards: {shard_count}")?;
+    let total_bytes: u64 = segs
+        .values()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = progress(total_bytes, "validating segments");
+    let mut hist = [0u64; BUCKETS.len()];
+    let (mut sessions, mut artifacts, mut seg_bytes, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    writeln!(out, "\nsegments (newest per shard):")?;
+    writeln!(
+        out,
+        "  {:>6} {:>10} {:>10} {:>12}  health",
+        "shard", "sessions", "artifacts", "bytes"
+    )?;
+    for (shard, (generation, path)) in &segs {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let health = match Segment::open(path, *generation, Validate::Later) {
+            Err(e) => {
+                bad += 1;
+                format!("INVALID: {e}")
+            }
+            Ok(seg) => match seg.validate() {
+                Err(e) => {
+                    bad += 1;
+                    format!("INVALID: {e}")
+                }
+                Ok(()) => {
+                    let h = *seg.header();
+                    sessions += h.session_count;
+                    artifacts += h.artifact_count;
+                    for (_, rec) in seg.records() {
+                        if let Some(e) = expires_of(&rec)
+                            && let Some(b) = hist.get_mut(bucket(e, now_secs))
+                        {
+                            *b += 1;
+                        }
+                    }
+                    format!(
+                        "ok (expires {}..{})",
+                        h.min_expires_at_secs.saturating_sub(now_secs),
+                        h.max_expires_at_secs.saturating_sub(now_secs)
+                    )
+                }
+            },
+        };
+        seg_bytes += len;
+        bar.inc(len);
+        let (s, a) = match Segment::open(path, *generation, Validate::Later) {
+            Ok(seg) => (seg.header().session_count, seg.header().artifact_count),
+            Err(_) => (0, 0),
+        };
+        writeln!(out, "  {shard:>6} {s:>10} {a:>10} {len:>12}  {health}")?;
+    }
+    bar.finish_and_clear();
+    let mut wal_infos = Vec::new();
+    for path in &wals {
+        let bytes = wal::read_file(path).map_err(dir::io_err("read wal", path))?;
+        let (records, torn) = if wal::decode_file_header(&bytes).is_some() {
+            wal::replay(&bytes, |r| {
+                if r.kind != kind::TOMBSTONE
+                    && let Some(e) = RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
+                        .as_ref()
+                        .and_then(expires_of)
+                    && let Some(b) = hist.get_mut(bucket(e, now_secs))
+                {
+                    *b += 1;
+                }
+                true
+            })
+        } else {
+            (
+                0,
+                Some(wal::TornTail {
+                    good_bytes: 0,
+                    dropped_bytes: bytes.len() as u64,
+                    reason: "torn file header".into(),
+                }),
+            )
+        };
+        wal_infos.push(WalFileInfo {
+            path: path.clone(),
+            records,
+            bytes: bytes.len() as u64,
+            torn,
+        });
+    }
+    writeln!(out, "\nWAL files (replayed at next open):")?;
+    for w in &wal_infos {
+        let name = w
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match &w.torn {
+            None => writeln!(
+                out,
+                "  {name}: {} records, {} bytes, ok",
+                w.records, w.bytes
+            )?,
+            Some(t) => writeln!(
+                out,
+                "  {name}: {} records, {} bytes, TORN TAIL at {} ({} bytes: {})",
+                w.records, w.bytes, t.good_bytes, t.dropped_bytes, t.reason
+            )?,
+        }
+    }
+    let quarantined = dir::list(&d.join(dir::QUARANTINE_DIR))?;
+    writeln!(
+        out,
+        "\ntotals: {sessions} sessions and {artifacts} artifacts in segments, {seg_bytes} segment bytes, {} WAL records",
+        wal_infos.iter().map(|w| w.records).sum::<u64>()
+    )?;
+    writeln!(
+        out,
+        "segments failing validation: {bad}; quarantined files: {}",
+        quarantined.len()
+    )?;
+    for q in &quarantined {
+        writeln!(out, "  quarantine/{q}")?;
+    }
+    writeln!(
+        out,
+        "\nexpiry histogram (all records, WAL included, relative to now):"
+    )?;
+    for ((label, _), n) in BUCKETS.iter().zip(hist) {
+        writeln!(out, "  {label:>8}: {n}")?;
+    }
+    Ok(())
+}
+
+fn print_session(
+    s: &ArchivedDiskSession,
+    now_secs: i64,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let snap = s.to_snapshot();
+    let id = &snap.identity;
+    writeln!(
+        out,
+        "session tenant={} user={} device={} app={} resource={}",
+        id.tenant, id.user, id.device, id.app, id.resource
+    )?;
+    writeln!(out, "  home_tenant: {}", snap.home_tenant)?;
+    writeln!(
+        out,
+        "  auth_time: {}  recorded_at: {}  expires_at: {} ({})",
+        snap.auth_time_secs,
+        snap.recorded_at_secs,
+        snap.expires_at_secs,
+        if snap.expires_at_secs > now_secs {
+            "live"
+        } else {
+            "EXPIRED"
+        }
+    )?;
+    writeln!(out, "  amr: {:?}  acr: {:?}", snap.amr, snap.acr)?;
+    writeln!(out, "  groups: {:?}  roles: {:?}", snap.groups, snap.roles)?;
+    writeln!(
+        out,
+        "  sign_in_risk: {:?}  user_risk: {:?}  device: {} {:?}",
+        snap.sign_in_risk, snap.user_risk, snap.device_platform, snap.device_compliance
+    )?;
+    writeln!(
+        out,
+        "  dpop_jkt: {:?}  token_type: {}  scopes: {:?}",
+        snap.dpop_jkt, snap.token_type, snap.scopes
+    )?;
+    for (name, t) in [
+        ("access_token", Some(&snap.access_token)),
+        ("id_token", snap.id_token.as_ref()),
+    ] {
+        match t {
+            Some(t) => writeln!(
+                out,
+                "  {name}: alg={} typ={} lifetime_secs={} time_claims={:#06b} claims={}",
+                t.alg,
+                t.typ,
+                t.lifetime_secs,
+                t.time_claims,
+                String::from_utf8_lossy(&t.claims_json)
+            )?,
+            None => writeln!(out, "  {name}: none")?,
+        }
+    }
+    Ok(())
+}
+
+fn print_artifact(
+    a: &ArchivedDiskArtifact,
+    now_secs: i64,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let kind = ArtifactKind::from_code(a.kind)
+        .map_or_else(|| format!("unknown({})", a.kind), |k| format!("{k:?}"));
+    writeln!(
+        out,
+        "artifact {} digest={}",
+        kind,
+        ArtifactDigest(a.digest).to_hex()
+    )?;
+    writeln!(
+        out,
+        "  tenant={} user={} device={} app={}",
+        a.tenant.as_str(),
+        a.user.as_str(),
+        a.device.as_str(),
+        a.app.as_str()
+    )?;
+    let exp = a.expires_at_secs();
+    writeln!(
+        out,
+        "  issued_at: {}  expires_at: {} ({})",
+        a.issued_at_secs.to_native(),
+        exp,
+        if exp > now_secs { "live" } else { "EXPIRED" }
+    )
+}

@@ -1,0 +1,622 @@
+//! The session store: sharded WAL + in-memory table + memory-mapped rkyv segments
+//! (DESIGN §3–§4, format in `docs/store-format.md`).
+//!
+//! Writes are serialized and checksummed on the caller's thread, then handed to the writer
+//! thread of their WAL group, which appends a whole batch, fsyncs once, publishes the batch to
+//! the shards' in-memory tables and only then acknowledges: a reader never sees a write that
+//! is not durable. Reads load each shard's state through an `ArcSwap` and never take a lock.
+//!
+//! Invariant: `store` knows nothing of HTTP, JSON or the clock; time comes in as `now_secs`
+//! (or, for the background compactor, through the injected [`Clock`]).
+
+pub mod dir;
+pub mod error;
+pub mod format;
+pub mod inspect;
+pub mod keys;
+pub mod mapped;
+pub mod model;
+pub mod segment;
+#[doc(hidden)]
+pub mod testutil;
+pub mod wal;
+
+mod compact;
+mod writer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+
+pub use error::{SegmentError, StoreError, WalRecordError};
+pub use keys::{Keys, RecordKey};
+pub use mapped::{ArtifactRef as ArtifactView, SessionRef as SessionView};
+pub use model::{
+    ArtifactDigest, ArtifactKind, ArtifactRecord, DeviceCompliance, RiskLevel, SessionIdentity,
+    SessionSnapshot, TokenTemplate,
+};
+pub use wal::{StdWalBackend, WalBackend, WalFile};
+
+use crate::limits;
+use format::{DiskArtifact, DiskSession, kind};
+use mapped::RecordBytes;
+use segment::{Found, Segment};
+
+/// Unix seconds now. Injected so the store never reads the clock itself.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Who runs compaction.
+#[derive(Clone)]
+pub enum Compaction {
+    /// Only explicit [`Store::compact`] calls (tests, tools).
+    Manual,
+    /// A background thread checks every second and compacts a WAL group when its in-memory
+    /// tables exceed `memtable_bytes_max` or have been non-empty for `compact_age_secs`.
+    Background {
+        /// Source of `now` for expiry during background compaction.
+        clock: Clock,
+    },
+}
+
+/// Options of [`Store::open`]. Bounds and defaults live in `limits`.
+#[derive(Clone)]
+pub struct StoreOpts {
+    /// Shards (fixed at creation; `limits::STORE_SHARDS`).
+    pub shard_count: u32,
+    /// WAL writer groups (`limits::STORE_WAL_GROUPS`).
+    pub wal_groups: u32,
+    /// In-memory bytes per WAL group that trigger background compaction.
+    pub memtable_bytes_max: u64,
+    /// Seconds a non-empty in-memory table may wait for background compaction.
+    pub compact_age_secs: u64,
+    /// Segment bytes up to which open validates everything before serving; above it,
+    /// validation runs in the background (`limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX`).
+    pub validate_foreground_bytes_max: u64,
+    /// Manual or background compaction.
+    pub compaction: Compaction,
+    /// How WAL files are written (fault injection in tests).
+    pub wal_backend: Arc<dyn WalBackend>,
+}
+
+impl StoreOpts {
+    /// Defaults from `limits`, with compaction only on request.
+    pub fn manual() -> Self {
+        StoreOpts {
+            shard_count: limits::STORE_SHARDS.default as u32,
+            wal_groups: limits::STORE_WAL_GROUPS.default as u32,
+            memtable_bytes_max: limits::STORE_MEMTABLE_BYTES.default,
+            compact_age_secs: limits::STORE_COMPACT_AGE_SECS.default,
+            validate_foreground_bytes_max: limits::STORE_SEGMENT_FOREGROUND_VALIDATE_BYTES_MAX,
+            compaction: Compaction::Manual,
+            wal_backend: Arc::new(StdWalBackend),
+        }
+    }
+
+    /// Defaults from `limits`, with background compaction reading time from `clock`.
+    pub fn background(clock: Clock) -> Self {
+        StoreOpts {
+            compaction: Compaction::Background { clock },
+            ..StoreOpts::manual()
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        let checks = [
+            (
+                "shard_count",
+                u64::from(self.shard_count),
+                limits::STORE_SHARDS,
+            ),
+            (
+                "wal_groups",
+                u64::from(self.wal_groups),
+                limits::STORE_WAL_GROUPS,
+            ),
+            (
+                "memtable_bytes_max",
+                self.memtable_bytes_max,
+                limits::STORE_MEMTABLE_BYTES,
+            ),
+            (
+                "compact_age_secs",
+                self.compact_age_secs,
+                limits::STORE_COMPACT_AGE_SECS,
+            ),
+        ];
+        for (field, value, b) in checks {
+            if !b.allows(value) {
+                return Err(StoreError::OptionOutOfRange {
+                    field,
+                    value,
+                    min: b.min,
+                    max: b.max,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Something recovery or validation found and acted on; also logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryEvent {
+    /// A WAL file had a torn or corrupt tail, cut at the last good record.
+    WalTruncated {
+        /// The file.
+        path: PathBuf,
+        /// Bytes kept (the file's new length).
+        good_bytes: u64,
+        /// Bytes dropped.
+        dropped_bytes: u64,
+        /// Why the first dropped record was refused.
+        reason: String,
+    },
+    /// A WAL file whose header never became durable (crash at creation) was removed.
+    WalHeaderTorn {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A segment failed validation and was moved to `quarantine/`.
+    SegmentQuarantined {
+        /// Where it is now.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A leftover file of an interrupted compaction was removed.
+    StaleFileRemoved {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Counters and sizes for `/admin/store` and `inspect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Shards.
+    pub shard_count: u32,
+    /// WAL groups.
+    pub wal_groups: u32,
+    /// WAL backend in use.
+    pub wal_backend: &'static str,
+    /// Entries in the in-memory tables (including tombstones).
+    pub memtable_records: u64,
+    /// Approximate bytes in the in-memory tables.
+    pub memtable_bytes: u64,
+    /// Live segment files.
+    pub segments: u64,
+    /// Records in live segments.
+    pub segment_records: u64,
+    /// Bytes of live segments.
+    pub segment_bytes: u64,
+    /// Segments moved to quarantine since open (including at open).
+    pub quarantined_segments: u64,
+    /// Reads that found a record failing its checksum (served as missing).
+    pub corrupt_reads: u64,
+    /// WAL files whose tail was truncated at open.
+    pub wal_truncations: u64,
+    /// Compactions completed since open.
+    pub compactions: u64,
+    /// Groups that stopped taking writes after an I/O error: (group, description).
+    pub failed_groups: Vec<(u32, String)>,
+}
+
+/// One in-memory table entry: a proven record, or a tombstone.
+struct MemValue {
+    rec: Option<RecordBytes>,
+    bytes: u64,
+}
+
+type MemEntry = Arc<MemValue>;
+
+/// What a shard serves: recent writes over the segments (newest first).
+#[derive(Clone, Default)]
+struct ShardState {
+    mem: imbl::HashMap<u128, MemEntry>,
+    mem_bytes: u64,
+    segments: Vec<Arc<Segment>>,
+}
+
+struct Shard {
+    state: ArcSwap<ShardState>,
+    /// Serializes the writer's publish and compaction's install; readers never take it.
+    modify: Mutex<()>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// Set once on the first write or fsync error; never cleared while open.
+    failed: OnceLock<(&'static str, String)>,
+}
+
+/// What the writers, the compactor and the readers share.
+struct Core {
+    dir: PathBuf,
+    keys: Keys,
+    shard_count: u32,
+    group_count: u32,
+    shards: Vec<Shard>,
+    groups: Vec<GroupState>,
+    next_generation: AtomicU64,
+    compact_lock: Mutex<()>,
+    quarantined: AtomicU64,
+    corrupt_reads: AtomicU64,
+    wal_truncations: AtomicU64,
+    compactions: AtomicU64,
+    backend: Arc<dyn WalBackend>,
+    report: Mutex<Vec<RecoveryEvent>>,
+    _lock: dir::DirLock,
+}
+
+impl Core {
+    fn shard(&self, key: RecordKey) -> Option<&Shard> {
+        self.shards.get(key.shard(self.shard_count) as usize)
+    }
+
+    fn group_of(&self, shard: u32) -> u32 {
+        shard % self.group_count
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn record_event(&self, e: RecoveryEvent) {
+        tracing::warn!(event = ?e, "store recovery");
+        if let Ok(mut r) = self.report.lock() {
+            r.push(e);
+        }
+    }
+
+    /// The newest visible record for `key`: the in-memory table first, then segments newest
+    /// first. A tombstone or a corrupt record ends the search with nothing: falling through to
+    /// an older segment could resurrect a superseded record.
+    fn lookup(&self, key: RecordKey) -> Option<RecordBytes> {
+        let shard = self.shard(key)?;
+        let st = shard.state.load();
+        // After a compaction the table is usually empty: skip hashing into it.
+        if !st.mem.is_empty()
+            && let Some(v) = st.mem.get(&key.0)
+        {
+            return v.rec.clone();
+        }
+        for seg in st.segments.iter() {
+            match seg.find(key) {
+                Found::Record(r) => return Some(r),
+                Found::Absent => {}
+                Found::Corrupt => {
+                    self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A queued write.
+struct WriteOp {
+    shard: u32,
+    key: RecordKey,
+    rec: Option<RecordBytes>,
+    wal: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+enum WriterMsg {
+    Write(WriteOp),
+    /// Start a new WAL generation; answers with it. Everything queued before is durable and
+    /// published when the answer arrives.
+    Rotate(std::sync::mpsc::SyncSender<Result<u64, StoreError>>),
+}
+
+/// The handle shared by the API and the background compactor.
+#[derive(Clone)]
+struct Engine {
+    core: Arc<Core>,
+    senders: Vec<tokio::sync::mpsc::Sender<WriterMsg>>,
+}
+
+/// An open session store. Dropping it stops the compactor, drains the writers and releases the
+/// data-dir lock (if put futures are still alive, the writers and the lock outlive the handle
+/// until those futures complete or are dropped).
+pub struct Store {
+    engine: Engine,
+    writers: Vec<JoinHandle<()>>,
+    compactor: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
+    validators: Vec<JoinHandle<()>>,
+}
+
+fn check_len(field: &'static str, s: &str) -> Result<(), StoreError> {
+    if s.len() > limits::STORE_IDENTIFIER_BYTES_MAX {
+        return Err(StoreError::TooLarge {
+            field,
+            found: s.len(),
+            limit: limits::STORE_IDENTIFIER_BYTES_MAX,
+            limit_name: "STORE_IDENTIFIER_BYTES_MAX",
+        });
+    }
+    Ok(())
+}
+
+fn check_template(field: &'static str, t: &TokenTemplate) -> Result<(), StoreError> {
+    if t.claims_json.len() > limits::STORE_TEMPLATE_BYTES_MAX {
+        return Err(StoreError::TooLarge {
+            field,
+            found: t.claims_json.len(),
+            limit: limits::STORE_TEMPLATE_BYTES_MAX,
+            limit_name: "STORE_TEMPLATE_BYTES_MAX",
+        });
+    }
+    Ok(())
+}
+
+fn check_snapshot(s: &SessionSnapshot) -> Result<(), StoreError> {
+    let id = &s.identity;
+    check_len("tenant", &id.tenant)?;
+    check_len("user", &id.user)?;
+    check_len("device", &id.device)?;
+    check_len("app", &id.app)?;
+    check_len("resource", &id.resource)?;
+    check_template("access_token.claims_json", &s.access_token)?;
+    if let Some(t) = &s.id_token {
+        check_template("id_token.claims_json", t)?;
+    }
+    Ok(())
+}
+
+fn prepared(
+    kind_byte: u8,
+    key: RecordKey,
+    body: Option<rkyv::util::AlignedVec>,
+) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
+    let mut wal = Vec::with_capacity(64 + body.as_ref().map_or(0, |b| b.len()));
+    let rec = match body {
+        Some(b) => {
+            let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
+            if b.len() > max {
+                return Err(StoreError::TooLarge {
+                    field: "record",
+                    found: b.len(),
+                    limit: max,
+                    limit_name: "STORE_RECORD_BYTES_MAX",
+                });
+            }
+            wal::encode_record(kind_byte, key, &b, &mut wal);
+            // Proving our own serialization costs a bytecheck pass per write, off the read
+            // path, and makes every in-memory record reach readers through the same proof.
+            Some(
+                RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
+                    what: "session",
+                    reason: "serialized bytes failed validation".into(),
+                })?,
+            )
+        }
+        None => {
+            wal::encode_record(kind::TOMBSTONE, key, &[], &mut wal);
+            None
+        }
+    };
+    Ok((rec, wal))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`: takes the lock, checks the format version,
+    /// loads or generates the secrets, opens segments (quarantining bad ones), replays WAL
+    /// tails (truncating torn ones), and starts the writer threads.
+    pub fn open(dir: &Path, opts: StoreOpts) -> Result<Store, StoreError> {
+        opts.check()?;
+        compact::open(dir, opts)
+    }
+
+    /// What recovery found at open and what validation found since.
+    pub fn recovery_report(&self) -> Vec<RecoveryEvent> {
+        self.engine
+            .core
+            .report
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The keyed digest of a raw credential (the raw value is not kept).
+    pub fn artifact_digest(&self, kind: ArtifactKind, raw: &[u8]) -> ArtifactDigest {
+        self.engine.core.keys.artifact_digest(kind, raw)
+    }
+
+    /// The routing key of a session (for `inspect` and tests).
+    pub fn session_key(&self, id: &SessionIdentity) -> RecordKey {
+        self.engine.core.keys.session_key(id)
+    }
+
+    fn submit(
+        &self,
+        key: RecordKey,
+        prepared: Result<(Option<RecordBytes>, Vec<u8>), StoreError>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let shard = key.shard(self.engine.core.shard_count);
+        let group = self.engine.core.group_of(shard) as usize;
+        let tx = self.engine.senders.get(group).cloned();
+        async move {
+            let (rec, wal) = prepared?;
+            let tx = tx.ok_or(StoreError::Closed)?;
+            let (done, rx) = tokio::sync::oneshot::channel();
+            tx.send(WriterMsg::Write(WriteOp {
+                shard,
+                key,
+                rec,
+                wal,
+                done,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Records a snapshot. The future resolves once the write is durable (its WAL batch was
+    /// fsynced) and visible to readers; it replaces any earlier snapshot of the same identity.
+    pub fn put_session(
+        &self,
+        s: &SessionSnapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = self.engine.core.keys.session_key(&s.identity);
+        let prepared = check_snapshot(s).and_then(|()| {
+            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(s))
+                .map_err(|e| StoreError::Encode {
+                    what: "session",
+                    reason: e.to_string(),
+                })?;
+            prepared(kind::SESSION, key, Some(body))
+        });
+        self.submit(key, prepared)
+    }
+
+    /// Records an artifact. Resolves once durable and visible.
+    pub fn put_artifact(
+        &self,
+        a: &ArtifactRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = keys::artifact_key(&a.digest);
+        let prepared = [
+            ("tenant", &a.tenant),
+            ("user", &a.user),
+            ("device", &a.device),
+            ("app", &a.app),
+        ]
+        .into_iter()
+        .try_for_each(|(f, v)| check_len(f, v))
+        .and_then(|()| {
+            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a))
+                .map_err(|e| StoreError::Encode {
+                    what: "artifact",
+                    reason: e.to_string(),
+                })?;
+            prepared(kind::ARTIFACT, key, Some(body))
+        });
+        self.submit(key, prepared)
+    }
+
+    /// Supersedes the session of `id`: later reads find nothing until a new put.
+    pub fn remove_session(
+        &self,
+        id: &SessionIdentity,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = self.engine.core.keys.session_key(id);
+        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+    }
+
+    /// Supersedes the artifact `digest` (e.g. a rotated-out refresh token).
+    pub fn remove_artifact(
+        &self,
+        digest: &ArtifactDigest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = keys::artifact_key(digest);
+        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+    }
+
+    /// The snapshot of exactly `id`, if one is recorded and not expired at `now_secs`.
+    /// Zero-copy: the view borrows the mapped (or in-memory) record and keeps it alive.
+    pub fn get_session(&self, id: &SessionIdentity, now_secs: i64) -> Option<SessionView> {
+        let key = self.engine.core.keys.session_key(id);
+        let s = self.engine.core.lookup(key)?.into_session()?;
+        // Hash to find, compare to match: a key collision never returns another session.
+        (s.is_identity(id) && s.expires_at_secs() > now_secs).then_some(s)
+    }
+
+    /// The artifact record of exactly `digest` (compared in constant time), if not expired.
+    pub fn get_artifact(&self, digest: &ArtifactDigest, now_secs: i64) -> Option<ArtifactView> {
+        let key = keys::artifact_key(digest);
+        let a = self.engine.core.lookup(key)?.into_artifact()?;
+        (a.is_digest(digest) && a.expires_at_secs() > now_secs).then_some(a)
+    }
+
+    /// Compacts every WAL group now: in-memory tables and segments merge into one new segment
+    /// per shard, expired (at `now_secs`) and superseded records dropped, and the WAL files
+    /// the new segments cover deleted. Blocks the calling thread for the duration (inside an
+    /// async runtime, call it through `spawn_blocking`).
+    pub fn compact(&self, now_secs: i64) -> Result<(), StoreError> {
+        for g in 0..self.engine.core.group_count {
+            self.engine.compact_group(g, now_secs)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for background validation of large segments opened at start.
+    pub fn wait_validated(&mut self) {
+        for h in self.validators.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> StoreStats {
+        let core = &self.engine.core;
+        let mut st = StoreStats {
+            shard_count: core.shard_count,
+            wal_groups: core.group_count,
+            wal_backend: core.backend.name(),
+            quarantined_segments: core.quarantined.load(Ordering::Relaxed),
+            corrupt_reads: core.corrupt_reads.load(Ordering::Relaxed),
+            wal_truncations: core.wal_truncations.load(Ordering::Relaxed),
+            compactions: core.compactions.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        };
+        for shard in &core.shards {
+            let s = shard.state.load();
+            st.memtable_records += s.mem.len() as u64;
+            st.memtable_bytes += s.mem_bytes;
+            for seg in s.segments.iter().filter(|s| !s.is_failed()) {
+                st.segments += 1;
+                st.segment_records += seg.header().record_count;
+                st.segment_bytes += seg.bytes_len();
+            }
+        }
+        for (i, g) in core.groups.iter().enumerate() {
+            if let Some((op, detail)) = g.failed.get() {
+                st.failed_groups.push((i as u32, format!("{op}: {detail}")));
+            }
+        }
+        st
+    }
+
+    /// Stops background work and writers, waiting for queued writes to finish.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some((stop, h)) = self.compactor.take() {
+            let _ = stop.send(());
+            let _ = h.join();
+        }
+        // A put future that was created but not yet completed holds a sender clone; joining
+        // the writers would then wait for it forever. In that case the writers are left to
+        // finish on their own once those futures complete or drop (they hold the data-dir lock
+        // until then).
+        let outstanding = self.engine.senders.iter().any(|s| s.strong_count() > 1);
+        self.engine.senders.clear();
+        if outstanding {
+            tracing::warn!(
+                "store dropped with writes in flight; writer threads finish them in the background"
+            );
+            self.writers.clear();
+        }
+        for h in self.writers.drain(..) {
+            let _ = h.join();
+        }
+        for h in self.validators.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Groups WAL replay output per shard before the shards exist.
+type Replayed = HashMap<u32, imbl::HashMap<u128, MemEntry>>;

@@ -1,0 +1,199 @@
+//! Domain types the store takes in: a session snapshot, an artifact record, and the identity
+//! that names a session. Plain Rust values with no on-disk concerns; `format` converts them.
+
+/// The five identifiers that name one session (DESIGN §3): a snapshot is per
+/// device-user-app-resource within a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionIdentity {
+    /// Tenant (directory) the user signed in to.
+    pub tenant: String,
+    /// User identifier (`sub` / `oid`).
+    pub user: String,
+    /// Device identifier, strongest available (DPoP `jkt`, mTLS thumbprint, header, family).
+    pub device: String,
+    /// Client application (`client_id`).
+    pub app: String,
+    /// Resource: audience, resource indicator or normalized scope set.
+    pub resource: String,
+}
+
+/// A risk level as the primary reported it at sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RiskLevel {
+    /// The primary did not report one.
+    Unknown,
+    /// No risk detected.
+    None,
+    /// Low risk.
+    Low,
+    /// Medium risk.
+    Medium,
+    /// High risk.
+    High,
+}
+
+/// Device compliance as of the sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceCompliance {
+    /// Not reported.
+    Unknown,
+    /// Reported compliant.
+    Compliant,
+    /// Reported not compliant.
+    NotCompliant,
+}
+
+/// A token as the primary issued it, minus its time-varying claims, ready to be re-minted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenTemplate {
+    /// The claims object as pre-serialized JSON, without `iat`, `nbf`, `exp`, `jti`, so
+    /// minting splices time claims in and never re-encodes the rest.
+    pub claims_json: Vec<u8>,
+    /// Which time-varying claims the primary's token carried (bit set of `TIME_CLAIM_*`).
+    pub time_claims: u8,
+    /// Lifetime (`exp - iat`) the primary gave this token.
+    pub lifetime_secs: u32,
+    /// JWS algorithm the primary used (`RS256`, `ES256`, `EdDSA`, ...).
+    pub alg: String,
+    /// JOSE `typ` header the primary used (`at+jwt`, `JWT`), empty if absent.
+    pub typ: String,
+}
+
+/// The template carried `iat`.
+pub const TIME_CLAIM_IAT: u8 = 1;
+/// The template carried `nbf`.
+pub const TIME_CLAIM_NBF: u8 = 2;
+/// The template carried `exp`.
+pub const TIME_CLAIM_EXP: u8 = 4;
+/// The template carried `jti`.
+pub const TIME_CLAIM_JTI: u8 = 8;
+
+/// The state of one successful authentication for one device-user-app-resource (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionSnapshot {
+    /// Which session this is.
+    pub identity: SessionIdentity,
+    /// The user acts in their home tenant (not a B2B guest, not B2C).
+    pub home_tenant: bool,
+    /// `auth_time` of the primary's authentication, unix seconds.
+    pub auth_time_secs: i64,
+    /// When backstop recorded this snapshot, unix seconds.
+    pub recorded_at_secs: i64,
+    /// When this snapshot stops being servable, unix seconds.
+    pub expires_at_secs: i64,
+    /// Authentication methods (`amr`).
+    pub amr: Vec<String>,
+    /// Authentication context class (`acr`), empty if absent.
+    pub acr: String,
+    /// Group memberships as of the sign-in.
+    pub groups: Vec<String>,
+    /// Role assignments as of the sign-in.
+    pub roles: Vec<String>,
+    /// Sign-in risk as of the sign-in.
+    pub sign_in_risk: RiskLevel,
+    /// User risk as of the sign-in.
+    pub user_risk: RiskLevel,
+    /// Device platform (`iOS`, `Windows`, ...), empty if unknown.
+    pub device_platform: String,
+    /// Device compliance as of the sign-in.
+    pub device_compliance: DeviceCompliance,
+    /// DPoP key thumbprint (`jkt`) when the session is sender-constrained.
+    pub dpop_jkt: Option<String>,
+    /// The access-token template.
+    pub access_token: TokenTemplate,
+    /// The id-token template, when the primary issued one.
+    pub id_token: Option<TokenTemplate>,
+    /// Scopes granted (the response `scope`).
+    pub scopes: Vec<String>,
+    /// `token_type` of the response (`Bearer`, `DPoP`).
+    pub token_type: String,
+}
+
+/// What kind of credential an artifact is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArtifactKind {
+    /// An OAuth refresh token.
+    RefreshToken,
+    /// The primary's session cookie.
+    SessionCookie,
+    /// A workload's client secret.
+    ClientSecret,
+}
+
+impl ArtifactKind {
+    /// The byte that stands for this kind on disk and in the digest input.
+    pub const fn code(self) -> u8 {
+        match self {
+            ArtifactKind::RefreshToken => 1,
+            ArtifactKind::SessionCookie => 2,
+            ArtifactKind::ClientSecret => 3,
+        }
+    }
+
+    /// The kind for an on-disk byte, if it names one.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(ArtifactKind::RefreshToken),
+            2 => Some(ArtifactKind::SessionCookie),
+            3 => Some(ArtifactKind::ClientSecret),
+            _ => None,
+        }
+    }
+}
+
+/// A keyed digest of a credential; the raw credential is never stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ArtifactDigest(pub [u8; 32]);
+
+impl std::fmt::Debug for ArtifactDigest {
+    // A digest is not secret, but a short prefix is enough to recognise one in a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArtifactDigest(")?;
+        for b in self.0.iter().take(6) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+impl ArtifactDigest {
+    /// Lowercase hex of the full digest (for `inspect --artifact`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let hex = std::str::from_utf8(pair).ok()?;
+            *o = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(ArtifactDigest(out))
+    }
+}
+
+/// Maps a credential to the session it proves (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArtifactRecord {
+    /// What the credential is.
+    pub kind: ArtifactKind,
+    /// Keyed digest of the credential.
+    pub digest: ArtifactDigest,
+    /// Tenant of the session.
+    pub tenant: String,
+    /// User of the session.
+    pub user: String,
+    /// Device of the session.
+    pub device: String,
+    /// Application of the session.
+    pub app: String,
+    /// When the primary issued the credential, unix seconds.
+    pub issued_at_secs: i64,
+    /// When this record stops being servable, unix seconds.
+    pub expires_at_secs: i64,
+}

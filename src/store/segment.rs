@@ -1,0 +1,771 @@
+//! Segment files: the immutable, memory-mapped table of one shard (layout in
+//! `docs/store-format.md`). Parsing, building, and lookups are safe code over bytes; the only
+//! unchecked access goes through `mapped`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use rkyv::util::AlignedVec;
+
+use super::error::SegmentError;
+use super::format::{FORMAT_VERSION, RECORD_ALIGN, kind};
+use super::keys::RecordKey;
+use super::mapped::{Backing, RecordBytes, SlotClaim, ValidatedSegment};
+use crate::limits;
+
+/// First 8 bytes of every segment file.
+pub const MAGIC: [u8; 8] = *b"BKSTSEG\0";
+/// Bytes of the fixed header.
+pub const HEADER_BYTES: usize = 128;
+/// Bytes of one index slot.
+pub const SLOT_BYTES: usize = 40;
+
+/// The decoded fixed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Format version that wrote the file.
+    pub format_version: u32,
+    /// Shard the segment belongs to.
+    pub shard: u32,
+    /// Shard count of the store that wrote it.
+    pub shard_count: u32,
+    /// Records (sessions + artifacts).
+    pub record_count: u64,
+    /// Session records.
+    pub session_count: u64,
+    /// Artifact records.
+    pub artifact_count: u64,
+    /// Smallest `expires_at` of any record (i64::MAX when empty).
+    pub min_expires_at_secs: i64,
+    /// Largest `expires_at` of any record (i64::MIN when empty).
+    pub max_expires_at_secs: i64,
+    /// Index slots (a power of two, more than `record_count`).
+    pub slot_count: u64,
+    /// Offset of the records region.
+    pub records_offset: u64,
+    /// Bytes of the records region (to the end of the file).
+    pub records_bytes: u64,
+    /// xxh3-64 of the index region.
+    pub index_xxh3: u64,
+    /// xxh3-64 of the records region.
+    pub body_xxh3: u64,
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut h = [0u8; HEADER_BYTES];
+        let mut put = |at: usize, v: &[u8]| {
+            if let Some(d) = h.get_mut(at..at + v.len()) {
+                d.copy_from_slice(v);
+            }
+        };
+        put(0, &MAGIC);
+        put(8, &self.format_version.to_le_bytes());
+        put(12, &self.shard.to_le_bytes());
+        put(16, &self.shard_count.to_le_bytes());
+        put(20, &(SLOT_BYTES as u32).to_le_bytes());
+        put(24, &self.record_count.to_le_bytes());
+        put(32, &self.session_count.to_le_bytes());
+        put(40, &self.artifact_count.to_le_bytes());
+        put(48, &self.min_expires_at_secs.to_le_bytes());
+        put(56, &self.max_expires_at_secs.to_le_bytes());
+        put(64, &self.slot_count.to_le_bytes());
+        put(72, &self.records_offset.to_le_bytes());
+        put(80, &self.records_bytes.to_le_bytes());
+        put(88, &self.index_xxh3.to_le_bytes());
+        put(96, &self.body_xxh3.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[]));
+        if let Some(d) = h.get_mut(120..128) {
+            d.copy_from_slice(&sum.to_le_bytes());
+        }
+        h
+    }
+
+    /// Decodes and checks a header against the file length: magic, version, header checksum,
+    /// and that the declared regions tile the file. Cheap: touches only the first 128 bytes.
+    pub fn decode(b: &[u8]) -> Result<Header, SegmentError> {
+        let h = b
+            .get(..HEADER_BYTES)
+            .ok_or(SegmentError::Truncated { what: "header" })?;
+        if h.get(..8) != Some(&MAGIC[..]) {
+            return Err(SegmentError::BadMagic);
+        }
+        let version = le_u32(h, 8);
+        if version > FORMAT_VERSION {
+            return Err(SegmentError::NewerFormat {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[])) != le_u64(h, 120) {
+            return Err(SegmentError::Checksum { region: "header" });
+        }
+        if version == 0 {
+            return Err(SegmentError::Header {
+                field: "format_version",
+            });
+        }
+        if le_u32(h, 20) as usize != SLOT_BYTES {
+            return Err(SegmentError::Header {
+                field: "slot_bytes",
+            });
+        }
+        let hd = Header {
+            format_version: version,
+            shard: le_u32(h, 12),
+            shard_count: le_u32(h, 16),
+            record_count: le_u64(h, 24),
+            session_count: le_u64(h, 32),
+            artifact_count: le_u64(h, 40),
+            min_expires_at_secs: le_u64(h, 48) as i64,
+            max_expires_at_secs: le_u64(h, 56) as i64,
+            slot_count: le_u64(h, 64),
+            records_offset: le_u64(h, 72),
+            records_bytes: le_u64(h, 80),
+            index_xxh3: le_u64(h, 88),
+            body_xxh3: le_u64(h, 96),
+        };
+        if hd.shard_count == 0 || hd.shard >= hd.shard_count {
+            return Err(SegmentError::Header { field: "shard" });
+        }
+        if !hd.slot_count.is_power_of_two() || hd.slot_count > limits::STORE_SEGMENT_SLOTS_MAX {
+            return Err(SegmentError::Header {
+                field: "slot_count",
+            });
+        }
+        // Probing stops at an empty slot: at least one must exist.
+        if hd.record_count >= hd.slot_count {
+            return Err(SegmentError::Header {
+                field: "record_count",
+            });
+        }
+        if hd.session_count.checked_add(hd.artifact_count) != Some(hd.record_count) {
+            return Err(SegmentError::Header {
+                field: "session_count",
+            });
+        }
+        let index_end = (HEADER_BYTES as u64)
+            .checked_add(hd.slot_count.saturating_mul(SLOT_BYTES as u64))
+            .ok_or(SegmentError::Header {
+                field: "slot_count",
+            })?;
+        if hd.records_offset < index_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64) {
+            return Err(SegmentError::Header {
+                field: "records_offset",
+            });
+        }
+        let end = hd.records_offset.checked_add(hd.records_bytes);
+        if end != Some(b.len() as u64) {
+            return Err(SegmentError::Truncated {
+                what: "records region",
+            });
+        }
+        Ok(hd)
+    }
+
+    fn index_range(&self) -> (usize, usize) {
+        let len = (self.slot_count as usize).saturating_mul(SLOT_BYTES);
+        (HEADER_BYTES, HEADER_BYTES.saturating_add(len))
+    }
+}
+
+/// One decoded index slot. `len == 0` marks an empty slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    key: u128,
+    claim: SlotClaim,
+}
+
+fn read_slot(b: &[u8], h: &Header, i: u64) -> Option<Slot> {
+    let at = HEADER_BYTES.checked_add(usize::try_from(i).ok()?.checked_mul(SLOT_BYTES)?)?;
+    let s = b.get(at..at.checked_add(SLOT_BYTES)?)?;
+    let (lo, hi) = (le_u64(s, 0), le_u64(s, 8));
+    let _ = h;
+    Some(Slot {
+        key: u128::from(lo) | (u128::from(hi) << 64),
+        claim: SlotClaim {
+            offset: le_u64(s, 16),
+            len: le_u32(s, 24),
+            kind: *s.get(28)?,
+            xxh3: le_u64(s, 32),
+        },
+    })
+}
+
+fn encode_slot(out: &mut [u8], slot: &Slot) {
+    let mut put = |at: usize, v: &[u8]| {
+        if let Some(d) = out.get_mut(at..at + v.len()) {
+            d.copy_from_slice(v);
+        }
+    };
+    put(0, &(slot.key as u64).to_le_bytes());
+    put(8, &((slot.key >> 64) as u64).to_le_bytes());
+    put(16, &slot.claim.offset.to_le_bytes());
+    put(24, &slot.claim.len.to_le_bytes());
+    put(28, &[slot.claim.kind]);
+    put(32, &slot.claim.xxh3.to_le_bytes());
+}
+
+/// Full validation of a segment's bytes: header, index checksum, slot sanity, body checksum,
+/// and every record through its checksum and rkyv's checked access.
+pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), SegmentError> {
+    let b = backing.bytes();
+    let h = Header::decode(b)?;
+    let (ia, ib) = h.index_range();
+    let index = b
+        .get(ia..ib)
+        .ok_or(SegmentError::Truncated { what: "index" })?;
+    if xxhash_rust::xxh3::xxh3_64(index) != h.index_xxh3 {
+        return Err(SegmentError::Checksum { region: "index" });
+    }
+    let records_start = usize::try_from(h.records_offset).map_err(|_| SegmentError::Header {
+        field: "records_offset",
+    })?;
+    let body = b
+        .get(records_start..)
+        .ok_or(SegmentError::Truncated { what: "records" })?;
+    if xxhash_rust::xxh3::xxh3_64(body) != h.body_xxh3 {
+        return Err(SegmentError::Checksum { region: "body" });
+    }
+    let mut occupied = Vec::with_capacity(usize::try_from(h.record_count).unwrap_or(0));
+    let (mut sessions, mut artifacts) = (0u64, 0u64);
+    for i in 0..h.slot_count {
+        let slot = read_slot(b, &h, i).ok_or(SegmentError::Truncated { what: "index" })?;
+        if slot.claim.len == 0 {
+            continue;
+        }
+        match slot.claim.kind {
+            kind::SESSION => sessions += 1,
+            kind::ARTIFACT => artifacts += 1,
+            _ => {
+                return Err(SegmentError::Slot {
+                    slot: i,
+                    reason: "unknown kind",
+                });
+            }
+        }
+        // A key must sit in its home slot or after it in its probe run; otherwise a lookup
+        // would not find it. Checked cheaply: the home slot is occupied.
+        let home = slot.key as u64 & (h.slot_count - 1);
+        if read_slot(b, &h, home).is_none_or(|s| s.claim.len == 0) {
+            return Err(SegmentError::Slot {
+                slot: i,
+                reason: "home slot empty",
+            });
+        }
+        occupied.push((i, slot.claim));
+    }
+    if sessions != h.session_count || artifacts != h.artifact_count {
+        return Err(SegmentError::Header {
+            field: "record_count",
+        });
+    }
+    let proof = ValidatedSegment::prove(
+        backing,
+        records_start,
+        b.len(),
+        occupied.iter().map(|(_, c)| *c),
+    )
+    .map_err(|n| SegmentError::Record {
+        slot: occupied.get(n).map_or(0, |(i, _)| *i),
+        reason: "checksum or archive validation failed",
+    })?;
+    Ok((h, proof))
+}
+
+/// A record to write into a new segment.
+pub struct BuildRecord<'a> {
+    /// Routing key.
+    pub key: RecordKey,
+    /// `kind::SESSION` or `kind::ARTIFACT`.
+    pub kind: u8,
+    /// Archived bytes (copied verbatim: rkyv archives are position-independent).
+    pub bytes: &'a [u8],
+    /// Expiry, for the header's min/max.
+    pub expires_at_secs: i64,
+}
+
+/// Builds the bytes of a segment file for `shard`. Keys must be unique.
+pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u8> {
+    let n = records.len() as u64;
+    let slot_count = (n.saturating_mul(2)).max(2).next_power_of_two();
+    let index_len = slot_count as usize * SLOT_BYTES;
+    let records_offset = (HEADER_BYTES + index_len).next_multiple_of(RECORD_ALIGN);
+    let body_len: usize = records
+        .iter()
+        .map(|r| r.bytes.len().next_multiple_of(RECORD_ALIGN))
+        .sum();
+    let mut out = vec![0u8; records_offset + body_len];
+    let (mut min_exp, mut max_exp) = (i64::MAX, i64::MIN);
+    let (mut sessions, mut artifacts) = (0u64, 0u64);
+    let mut at = records_offset;
+    let mask = slot_count - 1;
+    for r in records {
+        debug_assert!(matches!(r.kind, kind::SESSION | kind::ARTIFACT));
+        if r.kind == kind::SESSION {
+            sessions += 1;
+        } else {
+            artifacts += 1;
+        }
+        min_exp = min_exp.min(r.expires_at_secs);
+        max_exp = max_exp.max(r.expires_at_secs);
+        if let Some(d) = out.get_mut(at..at + r.bytes.len()) {
+            d.copy_from_slice(r.bytes);
+        }
+        let slot = Slot {
+            key: r.key.0,
+            claim: SlotClaim {
+                kind: r.kind,
+                offset: at as u64,
+                len: r.bytes.len() as u32,
+                xxh3: xxhash_rust::xxh3::xxh3_64(r.bytes),
+            },
+        };
+        let mut i = r.key.slot_hash() & mask;
+        loop {
+            let sa = HEADER_BYTES + i as usize * SLOT_BYTES;
+            let Some(dst) = out.get_mut(sa..sa + SLOT_BYTES) else {
+                break;
+            };
+            // Length bytes 24..28 are zero only in an empty slot.
+            if dst.get(24..28) == Some(&[0, 0, 0, 0][..]) {
+                encode_slot(dst, &slot);
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        at += r.bytes.len().next_multiple_of(RECORD_ALIGN);
+    }
+    let index_xxh3 = xxhash_rust::xxh3::xxh3_64(
+        out.get(HEADER_BYTES..HEADER_BYTES + index_len)
+            .unwrap_or(&[]),
+    );
+    let body_xxh3 = xxhash_rust::xxh3::xxh3_64(out.get(records_offset..).unwrap_or(&[]));
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        shard,
+        shard_count,
+        record_count: n,
+        session_count: sessions,
+        artifact_count: artifacts,
+        min_expires_at_secs: min_exp,
+        max_expires_at_secs: max_exp,
+        slot_count,
+        records_offset: records_offset as u64,
+        records_bytes: body_len as u64,
+        index_xxh3,
+        body_xxh3,
+    };
+    if let Some(d) = out.get_mut(..HEADER_BYTES) {
+        d.copy_from_slice(&header.encode());
+    }
+    out
+}
+
+/// What a lookup in one segment found.
+pub enum Found {
+    /// A record with this key, proven.
+    Record(RecordBytes),
+    /// No slot holds this key.
+    Absent,
+    /// A slot holds this key but its record failed its checksum or validation: treated as
+    /// missing by the caller, and counted.
+    Corrupt,
+}
+
+/// An open segment: its mapping, decoded header, and (once done) its validation proof.
+pub struct Segment {
+    backing: Arc<Backing>,
+    header: Header,
+    proof: OnceLock<ValidatedSegment>,
+    /// Set when background validation failed: the segment stops serving.
+    failed: AtomicBool,
+    corrupt_reads: AtomicU64,
+    path: PathBuf,
+    generation: u64,
+}
+
+impl Segment {
+    /// Opens over bytes already in memory or mapped. Decodes the header; validates everything
+    /// now when `validate_now` is `Validate::Now`, else leaves that to [`Segment::validate`].
+    pub fn from_backing(
+        backing: Backing,
+        path: PathBuf,
+        generation: u64,
+        when: Validate,
+    ) -> Result<Segment, SegmentError> {
+        let header = Header::decode(backing.bytes())?;
+        let seg = Segment {
+            backing: Arc::new(backing),
+            header,
+            proof: OnceLock::new(),
+            failed: AtomicBool::new(false),
+            corrupt_reads: AtomicU64::new(0),
+            path,
+            generation,
+        };
+        if when == Validate::Now {
+            seg.validate()?;
+        }
+        Ok(seg)
+    }
+
+    /// Maps and opens a segment file, validating it in full now or leaving that for later.
+    pub fn open(path: &Path, generation: u64, when: Validate) -> Result<Segment, OpenSegmentError> {
+        let file = File::open(path).map_err(OpenSegmentError::Io)?;
+        let len = file.metadata().map_err(OpenSegmentError::Io)?.len();
+        if len < HEADER_BYTES as u64 {
+            return Err(OpenSegmentError::Invalid(SegmentError::Truncated {
+                what: "header",
+            }));
+        }
+        let backing = super::mapped::map_file(&file).map_err(OpenSegmentError::Io)?;
+        Segment::from_backing(backing, path.to_path_buf(), generation, when)
+            .map_err(OpenSegmentError::Invalid)
+    }
+
+    /// Runs full validation if not done yet. On failure the segment stops serving.
+    pub fn validate(&self) -> Result<(), SegmentError> {
+        if self.proof.get().is_some() {
+            return Ok(());
+        }
+        match validate(&self.backing) {
+            Ok((h, proof)) => {
+                debug_assert_eq!(h, self.header);
+                let _ = self.proof.set(proof);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether full validation has completed successfully.
+    pub fn is_validated(&self) -> bool {
+        self.proof.get().is_some()
+    }
+
+    /// Whether background validation failed (the segment no longer serves).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// File path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Generation number from the file name.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// File size.
+    pub fn bytes_len(&self) -> u64 {
+        self.backing.bytes().len() as u64
+    }
+
+    /// Reads that found a corrupt record.
+    pub fn corrupt_reads(&self) -> u64 {
+        self.corrupt_reads.load(Ordering::Relaxed)
+    }
+
+    /// Looks `key` up: at most `slot_count` probes, stopping at the first empty slot.
+    pub fn find(&self, key: RecordKey) -> Found {
+        if self.is_failed() {
+            return Found::Absent;
+        }
+        let b = self.backing.bytes();
+        let mask = self.header.slot_count - 1;
+        let mut i = key.slot_hash() & mask;
+        for _ in 0..self.header.slot_count {
+            let Some(slot) = read_slot(b, &self.header, i) else {
+                return Found::Absent;
+            };
+            if slot.claim.len == 0 {
+                return Found::Absent;
+            }
+            if slot.key == key.0 {
+                let rec = match self.proof.get() {
+                    Some(p) => RecordBytes::from_validated(p, &self.backing, &slot.claim),
+                    None => RecordBytes::check_claim(&self.backing, &slot.claim),
+                };
+                return match rec {
+                    Some(r) => Found::Record(r),
+                    None => {
+                        self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(segment = %self.path.display(), slot = i, "record failed its checksum; treated as missing");
+                        Found::Corrupt
+                    }
+                };
+            }
+            i = (i + 1) & mask;
+        }
+        Found::Absent
+    }
+
+    /// Every record, proven one by one (compaction input, `inspect`). Corrupt records are
+    /// skipped and counted.
+    pub fn records(&self) -> impl Iterator<Item = (RecordKey, RecordBytes)> + '_ {
+        let b = self.backing.bytes();
+        (0..self.header.slot_count).filter_map(move |i| {
+            let slot = read_slot(b, &self.header, i)?;
+            if slot.claim.len == 0 {
+                return None;
+            }
+            let rec = match self.proof.get() {
+                Some(p) => RecordBytes::from_validated(p, &self.backing, &slot.claim),
+                None => RecordBytes::check_claim(&self.backing, &slot.claim),
+            };
+            if rec.is_none() {
+                self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((RecordKey(slot.key), rec?))
+        })
+    }
+}
+
+/// When to run full validation of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validate {
+    /// Before it serves.
+    Now,
+    /// By a later call to [`Segment::validate`]; until then every read is checked access.
+    Later,
+}
+
+/// Why a segment file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenSegmentError {
+    /// Reading or mapping failed.
+    #[error("segment I/O: {0}")]
+    Io(std::io::Error),
+    /// The bytes are not a valid segment.
+    #[error("segment invalid: {0}")]
+    Invalid(SegmentError),
+}
+
+/// Recomputes the index, body and header checksums of `bytes` in place, where the header's
+/// declared geometry fits. For fuzzing and tests: it lets mutated segments reach slot and
+/// record validation instead of stopping at a checksum.
+#[doc(hidden)]
+pub fn reseal(bytes: &mut [u8]) {
+    if bytes.len() < HEADER_BYTES {
+        return;
+    }
+    let slot_count = le_u64(bytes, 64);
+    let records_offset = le_u64(bytes, 72);
+    let index_end =
+        (slot_count.saturating_mul(SLOT_BYTES as u64)).saturating_add(HEADER_BYTES as u64);
+    if let (Ok(ie), Ok(ro)) = (usize::try_from(index_end), usize::try_from(records_offset)) {
+        if let Some(index) = bytes.get(HEADER_BYTES..ie) {
+            let sum = xxhash_rust::xxh3::xxh3_64(index);
+            if let Some(d) = bytes.get_mut(88..96) {
+                d.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+        if let Some(body) = bytes.get(ro..) {
+            let sum = xxhash_rust::xxh3::xxh3_64(body);
+            if let Some(d) = bytes.get_mut(96..104) {
+                d.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(bytes.get(..120).unwrap_or(&[]));
+    if let Some(d) = bytes.get_mut(120..128) {
+        d.copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+/// Copies `bytes` into a buffer aligned as records need (fuzzing, tests, `inspect` of
+/// fixtures).
+pub fn aligned_copy(bytes: &[u8]) -> AlignedVec<RECORD_ALIGN> {
+    let mut v = AlignedVec::<RECORD_ALIGN>::with_capacity(bytes.len());
+    v.extend_from_slice(bytes);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::DiskSession;
+    use crate::store::testutil::sample_snapshot;
+
+    fn records(n: u64) -> Vec<(RecordKey, AlignedVec<RECORD_ALIGN>)> {
+        (0..n)
+            .map(|i| {
+                let s = DiskSession::from_snapshot(&sample_snapshot(i, 1000 + i as i64));
+                let key = RecordKey(
+                    u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                );
+                (key, rkyv::to_bytes::<rkyv::rancor::Error>(&s).unwrap())
+            })
+            .collect()
+    }
+
+    fn built(n: u64) -> (Vec<(RecordKey, AlignedVec<RECORD_ALIGN>)>, Vec<u8>) {
+        let recs = records(n);
+        let input: Vec<BuildRecord<'_>> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, (k, b))| BuildRecord {
+                key: *k,
+                kind: kind::SESSION,
+                bytes: b,
+                expires_at_secs: 1000 + i as i64,
+            })
+            .collect();
+        let bytes = build(3, 8, &input);
+        (recs, bytes)
+    }
+
+    #[test]
+    fn built_segment_validates_and_finds_every_key() {
+        let (recs, bytes) = built(20);
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
+        assert_eq!(seg.header().record_count, 20);
+        assert_eq!(seg.header().min_expires_at_secs, 1000);
+        assert_eq!(seg.header().max_expires_at_secs, 1019);
+        for (i, (k, _)) in recs.iter().enumerate() {
+            let Found::Record(r) = seg.find(*k) else {
+                panic!("missing {i}")
+            };
+            assert_eq!(r.into_session().unwrap().user.as_str(), format!("user-{i}"));
+        }
+        assert!(matches!(seg.find(RecordKey(12345)), Found::Absent));
+        assert_eq!(seg.records().count(), 20);
+    }
+
+    #[test]
+    fn unvalidated_segment_serves_through_checked_access() {
+        let (recs, bytes) = built(5);
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Later,
+        )
+        .unwrap();
+        assert!(!seg.is_validated());
+        assert!(matches!(seg.find(recs[2].0), Found::Record(_)));
+        seg.validate().unwrap();
+        assert!(seg.is_validated());
+    }
+
+    #[test]
+    fn empty_segment_is_valid() {
+        let bytes = build(0, 1, &[]);
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
+        assert!(matches!(seg.find(RecordKey(1)), Found::Absent));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused_or_harmless() {
+        // A flip anywhere must make validation fail: header, index and body all carry checksums.
+        let (_, bytes) = built(3);
+        for at in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            let r = Segment::from_backing(
+                Backing::Heap(aligned_copy(&b)),
+                PathBuf::new(),
+                1,
+                Validate::Now,
+            );
+            assert!(r.is_err(), "flip at {at} accepted");
+        }
+    }
+
+    #[test]
+    fn flipped_record_byte_is_corrupt_read_before_validation() {
+        let (recs, bytes) = built(4);
+        let seg0 = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
+        let Found::Record(r) = seg0.find(recs[1].0) else {
+            panic!()
+        };
+        let off = r.bytes().as_ptr() as usize - seg0.backing.bytes().as_ptr() as usize;
+        let mut b = bytes.clone();
+        b[off + 3] ^= 1;
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&b)),
+            PathBuf::new(),
+            1,
+            Validate::Later,
+        )
+        .unwrap();
+        assert!(matches!(seg.find(recs[1].0), Found::Corrupt));
+        assert_eq!(seg.corrupt_reads(), 1);
+        assert!(matches!(seg.find(recs[0].0), Found::Record(_)));
+        assert!(seg.validate().is_err());
+        assert!(seg.is_failed());
+        assert!(matches!(seg.find(recs[0].0), Found::Absent));
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let mut b = build(0, 1, &[]);
+        b[8] = 99;
+        let sum = xxhash_rust::xxh3::xxh3_64(&b[..120]);
+        b[120..128].copy_from_slice(&sum.to_le_bytes());
+        let err = Segment::from_backing(
+            Backing::Heap(aligned_copy(&b)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .err();
+        assert_eq!(
+            err.map(|e| e.to_string()),
+            Some(
+                SegmentError::NewerFormat {
+                    found: 99,
+                    supported: 1
+                }
+                .to_string()
+            )
+        );
+    }
+}

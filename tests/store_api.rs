@@ -1,0 +1,515 @@
+//! Store API behaviour: lookups compare full identities, supersession and expiry hold across
+//! WAL, in-memory table and segments before and after compaction, and open refuses what it
+//! must (a second process, a newer format, another shard count).
+// Integration-test crate: helpers outside `#[test]` fns may unwrap like the tests do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod store_common;
+
+use backstop::store::testutil::{sample_artifact, sample_identity, sample_snapshot};
+use backstop::store::{ArtifactKind, Store, StoreError, StoreOpts};
+use store_common::{block, open, small_opts};
+
+const FAR: i64 = 4_000_000_000;
+
+#[test]
+fn put_then_get_returns_the_same_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = sample_snapshot(1, FAR);
+    block(store.put_session(&s)).unwrap();
+    let v = store.get_session(&s.identity, 0).unwrap();
+    assert_eq!(v.to_snapshot(), s);
+    assert!(
+        v.access_token
+            .claims_json
+            .as_slice()
+            .starts_with(b"{\"iss\"")
+    );
+}
+
+#[test]
+fn lookup_compares_every_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = sample_snapshot(1, FAR);
+    block(store.put_session(&s)).unwrap();
+    let mut other = s.identity.clone();
+    other.resource.push('x');
+    assert!(store.get_session(&other, 0).is_none());
+    let mut other = s.identity.clone();
+    other.device = "another".into();
+    assert!(store.get_session(&other, 0).is_none());
+}
+
+#[test]
+fn artifacts_are_found_by_full_digest_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"refresh-token-1");
+    let a = sample_artifact(1, d, FAR);
+    block(store.put_artifact(&a)).unwrap();
+    assert_eq!(store.get_artifact(&d, 0).unwrap().to_record(), Some(a));
+    // Same routing prefix, different tail: must not match.
+    let mut near = d;
+    near.0[31] ^= 1;
+    assert!(store.get_artifact(&near, 0).is_none());
+    let other = store.artifact_digest(ArtifactKind::SessionCookie, b"refresh-token-1");
+    assert!(store.get_artifact(&other, 0).is_none());
+}
+
+/// Where the record lives when the check runs.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Memtable,
+    Segment,
+    Reopened,
+    ReopenedCompacted,
+}
+
+fn settle(store: Store, dir: &std::path::Path, stage: Stage, now: i64) -> Store {
+    match stage {
+        Stage::Memtable => store,
+        Stage::Segment => {
+            store.compact(now).unwrap();
+            store
+        }
+        Stage::Reopened => {
+            drop(store);
+            open(dir)
+        }
+        Stage::ReopenedCompacted => {
+            store.compact(now).unwrap();
+            drop(store);
+            open(dir)
+        }
+    }
+}
+
+#[test]
+fn expiry_is_immediate_at_every_stage_and_compaction_drops_it() {
+    for stage in [
+        Stage::Memtable,
+        Stage::Segment,
+        Stage::Reopened,
+        Stage::ReopenedCompacted,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let s = sample_snapshot(1, 1000);
+        let keep = sample_snapshot(2, FAR);
+        block(store.put_session(&s)).unwrap();
+        block(store.put_session(&keep)).unwrap();
+        let store = settle(store, dir.path(), stage, 10);
+        assert!(store.get_session(&s.identity, 999).is_some(), "{stage:?}");
+        assert!(store.get_session(&s.identity, 1000).is_none(), "{stage:?}");
+        store.compact(1000).unwrap();
+        assert!(
+            store.get_session(&s.identity, 0).is_none(),
+            "{stage:?}: compaction dropped it"
+        );
+        assert_eq!(store.stats().segment_records, 1, "{stage:?}");
+        assert!(
+            store.get_session(&keep.identity, 1000).is_some(),
+            "{stage:?}"
+        );
+    }
+}
+
+#[test]
+fn supersession_and_removal_hold_at_every_stage() {
+    for stage in [
+        Stage::Memtable,
+        Stage::Segment,
+        Stage::Reopened,
+        Stage::ReopenedCompacted,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let v1 = sample_snapshot(1, FAR);
+        let mut v2 = v1.clone();
+        v2.recorded_at_secs += 50;
+        v2.groups.push("new-group".into());
+        block(store.put_session(&v1)).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        block(store.put_session(&v2)).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        assert_eq!(
+            store.get_session(&v1.identity, 0).unwrap().to_snapshot(),
+            v2,
+            "{stage:?}"
+        );
+
+        // A rotated-out refresh token never works again, wherever its record was.
+        let d = store.artifact_digest(ArtifactKind::RefreshToken, b"old");
+        block(store.put_artifact(&sample_artifact(1, d, FAR))).unwrap();
+        let store = settle(store, dir.path(), stage, 0);
+        block(store.remove_artifact(&d)).unwrap();
+        block(store.remove_session(&v1.identity)).unwrap();
+        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?}");
+        let store = settle(store, dir.path(), stage, 0);
+        assert!(store.get_artifact(&d, 0).is_none(), "{stage:?}");
+        assert!(store.get_session(&v1.identity, 0).is_none(), "{stage:?}");
+        drop(store);
+        let store = open(dir.path());
+        assert!(
+            store.get_artifact(&d, 0).is_none(),
+            "{stage:?} after reopen"
+        );
+        assert!(
+            store.get_session(&v1.identity, 0).is_none(),
+            "{stage:?} after reopen"
+        );
+    }
+}
+
+#[test]
+fn compaction_merges_and_deletes_covered_wal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..200 {
+        block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+    }
+    store.compact(0).unwrap();
+    let st = store.stats();
+    assert_eq!(st.segment_records, 200);
+    assert_eq!(st.memtable_records, 0);
+    assert!(st.segments <= 8);
+    // Only the fresh generation of each group remains.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+        2
+    );
+    for i in 100..300 {
+        block(store.put_session(&sample_snapshot(i, FAR + i as i64))).unwrap();
+    }
+    store.compact(0).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.stats().segment_records, 300);
+    for i in 0..300 {
+        let v = store.get_session(&sample_identity(i), 0).unwrap();
+        let want = if i >= 100 { FAR + i as i64 } else { FAR };
+        assert_eq!(v.expires_at_secs(), want);
+    }
+}
+
+#[test]
+fn second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn newer_format_dir_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let f = dir.path().join("FORMAT");
+    let body = std::fs::read_to_string(&f)
+        .unwrap()
+        .replace("format_version=1", "format_version=7");
+    std::fs::write(&f, body).unwrap();
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerFormat {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade backstop"), "{err}");
+}
+
+#[test]
+fn another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let opts = StoreOpts {
+        shard_count: 16,
+        ..small_opts()
+    };
+    let err = Store::open(dir.path(), opts).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::ShardCountMismatch {
+                configured: 16,
+                on_disk: 8
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_option_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOpts {
+        wal_groups: 0,
+        ..small_opts()
+    };
+    let err = Store::open(dir.path(), opts).err().unwrap();
+    assert!(err.to_string().contains("wal_groups"), "{err}");
+}
+
+#[test]
+fn oversized_template_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut s = sample_snapshot(1, FAR);
+    s.access_token.claims_json = vec![b' '; 70 * 1024];
+    let err = block(store.put_session(&s)).err().unwrap();
+    assert!(
+        err.to_string().contains("STORE_TEMPLATE_BYTES_MAX"),
+        "{err}"
+    );
+}
+
+#[test]
+fn background_compaction_flushes_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOpts {
+        compact_age_secs: 1,
+        ..StoreOpts {
+            shard_count: 4,
+            wal_groups: 1,
+            ..StoreOpts::background(std::sync::Arc::new(|| 5))
+        }
+    };
+    let store = Store::open(dir.path(), opts).unwrap();
+    block(store.put_session(&sample_snapshot(1, FAR))).unwrap();
+    block(store.put_session(&sample_snapshot(2, 3))).unwrap();
+    let mut waited = 0;
+    while store.stats().compactions == 0 && waited < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    let st = store.stats();
+    assert!(st.compactions >= 1, "{st:?}");
+    // The clock said 5: the record expiring at 3 was dropped, the other kept.
+    assert_eq!(st.segment_records, 1, "{st:?}");
+    assert!(store.get_session(&sample_identity(1), 5).is_some());
+}
+
+#[test]
+fn inspect_reports_counts_health_and_finds_records_next_to_a_running_store() {
+    use backstop::store::inspect::{ArtifactLookup, InspectQuery, run};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..20 {
+        block(store.put_session(&sample_snapshot(i, 10_000 + i as i64))).unwrap();
+    }
+    store.compact(0).unwrap();
+    block(store.put_session(&sample_snapshot(100, 500))).unwrap();
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"rt");
+    block(store.put_artifact(&sample_artifact(1, d, FAR))).unwrap();
+
+    // The store stays open: inspect takes no lock.
+    let mut out = Vec::new();
+    run(dir.path(), &InspectQuery::Summary, 1000, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("shards: 8"), "{text}");
+    assert!(
+        text.contains("totals: 20 sessions and 0 artifacts in segments"),
+        "{text}"
+    );
+    assert!(text.contains("segments failing validation: 0"), "{text}");
+    assert!(text.contains("expired: 1"), "{text}");
+    assert!(text.contains("< 1 d: 20"), "{text}");
+
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Session(sample_identity(3)),
+        1000,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("user=user-3") && text.contains("(live)"),
+        "{text}"
+    );
+    assert!(text.contains(r#""sub":"user-3""#), "{text}");
+
+    let mut out = Vec::new();
+    let q = InspectQuery::Artifact(ArtifactLookup::Credential {
+        kind: ArtifactKind::RefreshToken,
+        raw: b"rt".to_vec(),
+    });
+    run(dir.path(), &q, 1000, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&d.to_hex()) && text.contains("user=user-1"),
+        "{text}"
+    );
+
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Session(sample_identity(999)),
+        1000,
+        &mut out,
+    )
+    .unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("no session"));
+}
+
+/// Copies a fixture store into a temp dir (git does not keep mode 0600 on the secrets).
+fn copy_fixture(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).unwrap();
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dst).unwrap();
+        if dst.extension().is_some_and(|e| e == "secret") {
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    for sub in ["wal", "segments", "quarantine"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Format version 1 as released: segments holding sessions 0..4, a WAL with session 5, a
+/// tombstone for session 4 and one artifact. Every later build must open it unchanged.
+/// Regenerate (only when adding a new version's fixture) with BACKSTOP_REGEN_STORE_FIXTURE=1.
+#[test]
+fn format_v1_fixture_opens_with_every_record() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
+    if std::env::var("BACKSTOP_REGEN_STORE_FIXTURE").is_ok() {
+        let _ = std::fs::remove_dir_all(&fixture);
+        let store = open(&fixture);
+        for i in 0..5 {
+            block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+        }
+        store.compact(0).unwrap();
+        block(store.put_session(&sample_snapshot(5, FAR))).unwrap();
+        block(store.remove_session(&sample_identity(4))).unwrap();
+        let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+        block(store.put_artifact(&sample_artifact(5, d, FAR))).unwrap();
+        drop(store);
+        std::fs::remove_file(fixture.join("LOCK")).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    let store = open(dir.path());
+    assert!(
+        store.recovery_report().is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    for i in [0, 1, 2, 3, 5] {
+        assert_eq!(
+            store
+                .get_session(&sample_identity(i), 0)
+                .unwrap()
+                .to_snapshot(),
+            sample_snapshot(i, FAR),
+            "session {i}"
+        );
+    }
+    assert!(store.get_session(&sample_identity(4), 0).is_none());
+    let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+    assert_eq!(
+        store.get_artifact(&d, 0).unwrap().to_record(),
+        Some(sample_artifact(5, d, FAR))
+    );
+    assert!(store.stats().segment_records >= 5);
+}
+
+#[test]
+fn dropping_the_store_with_an_unpolled_put_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let pending = store.put_session(&sample_snapshot(1, FAR));
+    drop(store);
+    // The writer is still there for it: the put completes and is durable.
+    block(pending).unwrap();
+    // The writer thread exits (releasing the lock) right after its last sender is gone.
+    let mut reopened = None;
+    for _ in 0..200 {
+        match Store::open(dir.path(), small_opts()) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let store = reopened.expect("lock released after the last in-flight put");
+    assert!(store.get_session(&sample_identity(1), 0).is_some());
+}
+
+/// Simulates a routing-key collision, which the keyed xxh3-128 makes infeasible to find: a WAL
+/// record filed under identity B's key but holding identity A's snapshot. A lookup of B must
+/// compare the identifiers and refuse it.
+#[test]
+fn session_key_collision_never_returns_the_other_session() {
+    use backstop::store::format::{DiskSession, kind};
+    use backstop::store::wal;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (sample_snapshot(1, FAR), sample_snapshot(2, FAR));
+    let key_b = store.session_key(&b.identity);
+    drop(store);
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(&a)).unwrap();
+    let mut file = wal::file_header(0, 0xffff).to_vec();
+    wal::encode_record(kind::SESSION, key_b, &body, &mut file);
+    std::fs::write(
+        dir.path()
+            .join("wal")
+            .join(format!("g000-{:016x}.wal", 0xffff)),
+        file,
+    )
+    .unwrap();
+
+    let store = open(dir.path());
+    assert!(
+        store.recovery_report().is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert!(
+        store.get_session(&b.identity, 0).is_none(),
+        "returned A's record for B"
+    );
+    store.compact(0).unwrap();
+    assert!(
+        store.get_session(&b.identity, 0).is_none(),
+        "returned A's record for B from a segment"
+    );
+    assert_eq!(
+        store.stats().segment_records,
+        1,
+        "the planted record was really there"
+    );
+}
