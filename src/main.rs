@@ -90,13 +90,28 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
-    /// Inspect a data directory: shards, record counts, expiry, segment health.
+    /// Inspect a data directory: shards, record counts, bytes, expiry histogram, segment and
+    /// WAL health; or look one record up.
     ///
-    /// Not available yet: it arrives with the session store (issue 3).
+    /// Read-only: it takes no lock, so it can run next to a serving backstop, and it never
+    /// truncates, quarantines or creates anything. A raw credential is read from stdin, never
+    /// from the command line (shell history and `ps` would keep it).
+    #[command(
+        after_help = "Examples:\n  backstop inspect ./backstop-data\n  backstop inspect ./backstop-data --session tenant1 alice dev-42 native-app https://api.example.com\n  backstop inspect ./backstop-data --artifact 3fa1...e9 (64 hex digits, as logged)\n  printf %s \"$REFRESH_TOKEN\" | backstop inspect ./backstop-data --refresh-token-stdin"
+    )]
     Inspect {
         /// The data directory to inspect.
         #[arg(value_name = "DATA_DIR")]
         data_dir: PathBuf,
+        /// Look up one session by its identity.
+        #[arg(long, num_args = 5, value_names = ["TENANT", "USER", "DEVICE", "APP", "RESOURCE"], conflicts_with_all = ["artifact", "refresh_token_stdin"])]
+        session: Option<Vec<String>>,
+        /// Look up one artifact by its digest (64 hex digits).
+        #[arg(long, value_name = "HEX", conflicts_with = "refresh_token_stdin")]
+        artifact: Option<String>,
+        /// Look up the artifact of a refresh token read from stdin.
+        #[arg(long)]
+        refresh_token_stdin: bool,
     },
 }
 
@@ -118,7 +133,12 @@ fn main() -> ExitCode {
             config,
             data_dir,
         } => keygen(&alg, rotate, config, data_dir),
-        Command::Inspect { .. } => not_yet("inspect", "the session store (issue 3)"),
+        Command::Inspect {
+            data_dir,
+            session,
+            artifact,
+            refresh_token_stdin,
+        } => inspect(&data_dir, session, artifact, refresh_token_stdin),
     }
 }
 
@@ -239,6 +259,72 @@ fn unix_now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn inspect(
+    data_dir: &std::path::Path,
+    session: Option<Vec<String>>,
+    artifact: Option<String>,
+    refresh_token_stdin: bool,
+) -> ExitCode {
+    use backstop::store::inspect::{self, ArtifactLookup, InspectError, InspectQuery};
+    use backstop::store::model::{ArtifactDigest, ArtifactKind, SessionIdentity};
+    let query = match (session, artifact, refresh_token_stdin) {
+        (Some(ids), _, _) => match <[String; 5]>::try_from(ids) {
+            Ok([tenant, user, device, app, resource]) => InspectQuery::Session(SessionIdentity {
+                tenant,
+                user,
+                device,
+                app,
+                resource,
+            }),
+            Err(_) => {
+                eprintln!("backstop inspect: --session takes TENANT USER DEVICE APP RESOURCE");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, Some(hex), _) => match ArtifactDigest::from_hex(&hex) {
+            Some(digest) => InspectQuery::Artifact(ArtifactLookup::Digest(digest)),
+            None => {
+                eprintln!("backstop inspect: --artifact takes a digest of 64 hex digits");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None, true) => {
+            let mut raw = Vec::new();
+            let limit = backstop::limits::FORM_VALUE_BYTES_MAX as u64;
+            if let Err(e) = std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::io::stdin(), limit),
+                &mut raw,
+            ) {
+                eprintln!("backstop inspect: reading the refresh token from stdin: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            let raw = raw.trim_ascii().to_vec();
+            InspectQuery::Artifact(ArtifactLookup::Credential {
+                kind: ArtifactKind::RefreshToken,
+                raw,
+            })
+        }
+        (None, None, false) => InspectQuery::Summary,
+    };
+    let now = i64::try_from(unix_now_secs()).unwrap_or(i64::MAX);
+    let mut out = std::io::stdout().lock();
+    match inspect::run(data_dir, &query, now, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): not an error worth a message.
+        Err(InspectError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e @ InspectError::NotAStore(_)) => {
+            eprintln!("backstop inspect: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("backstop inspect: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn not_yet(command: &str, arrives_with: &str) -> ExitCode {

@@ -167,3 +167,108 @@ fn keygen_refuses_an_unknown_algorithm_with_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("HS256"), "{stderr}");
 }
+
+fn fixture_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
+    copy_tree(&src, dir.path());
+    dir
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+            // git records files as 0644; the store requires its secrets to be owner-only.
+            if target.extension().is_some_and(|e| e == "secret") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn inspect_summarizes_a_store_and_changes_nothing() {
+    let dir = fixture_store();
+    let before: Vec<_> = walk(dir.path());
+    let (code, stdout, stderr) = run(&["inspect", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("totals: 5 sessions"), "{stdout}");
+    assert!(stdout.contains("expiry histogram"), "{stdout}");
+    assert_eq!(walk(dir.path()), before, "inspect modified the store");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(walk(&entry.path()));
+        } else {
+            out.push((entry.path().display().to_string(), meta.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn inspect_looks_up_one_session_by_identity() {
+    let dir = fixture_store();
+    let path = dir.path().to_str().unwrap();
+    let args = [
+        "inspect",
+        path,
+        "--session",
+        "tenant",
+        "user-1",
+        "device-9e3779b9",
+        "app-client",
+        "https://api.example.com",
+    ];
+    let (code, stdout, stderr) = run(&args, &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("user-1"), "{stdout}");
+    let (code, stdout, _) = run(
+        &[
+            "inspect",
+            path,
+            "--session",
+            "tenant",
+            "nobody",
+            "d",
+            "app-client",
+            "r",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("no session recorded"), "{stdout}");
+}
+
+#[test]
+fn inspect_refuses_a_directory_that_is_not_a_store_and_a_bad_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(&["inspect", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not a backstop store"), "{stderr}");
+    let store = fixture_store();
+    let (code, _, stderr) = run(
+        &[
+            "inspect",
+            store.path().to_str().unwrap(),
+            "--artifact",
+            "xyz",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("64 hex"), "{stderr}");
+}

@@ -260,7 +260,7 @@ fn summary(
                         }
                     }
                     format!(
-                        "ok (expires {}..{})",
+                        "ok (expires in {}..{} s)",
                         h.min_expires_at_secs.saturating_sub(now_secs),
                         h.max_expires_at_secs.saturating_sub(now_secs)
                     )
@@ -328,7 +328,14 @@ fn summary(
             )?,
         }
     }
-    let quarantined = dir::list(&d.join(dir::QUARANTINE_DIR))?;
+    // A store that never quarantined anything may have no quarantine directory at all (a copy,
+    // a fixture from git); that is an empty quarantine, not an error.
+    let quarantine = d.join(dir::QUARANTINE_DIR);
+    let quarantined = if quarantine.is_dir() {
+        dir::list(&quarantine)?
+    } else {
+        Vec::new()
+    };
     writeln!(
         out,
         "\ntotals: {sessions} sessions and {artifacts} artifacts in segments, {seg_bytes} segment bytes, {} WAL records",
