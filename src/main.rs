@@ -334,10 +334,11 @@ fn not_yet(command: &str, arrives_with: &str) -> ExitCode {
     ExitCode::from(EXIT_RUNTIME)
 }
 
-#[allow(clippy::print_stdout)]
+/// One line on stdout. A closed stdout (`backstop serve | head -1`) must not take the server
+/// down, so write errors are ignored rather than panicking as `println!` would.
 fn print_line(line: &str) {
-    // stdout is line-buffered, so each line reaches a pipe as soon as it is printed.
-    println!("{line}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn init_logging(format: LogFormat, level: &str) {

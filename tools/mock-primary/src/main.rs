@@ -1,6 +1,7 @@
 //! The `backstop-mock-primary` binary: the mock OpenID provider on its own, for manual runs
 //! and for tests that want a separate process. All logic is in the library.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -48,9 +49,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         access_token_ttl_secs: cli.access_token_ttl_secs,
         ..MockOptions::default()
     })?;
-    println!("mock-primary: listening on http://{}", handle.addr());
-    println!("mock-primary: admin on http://{}", handle.admin_addr());
-    println!("mock-primary: issuer {}", handle.issuer());
+    // A reader that takes only the first line and closes the pipe (a test, `| head -1`) must
+    // not bring the provider down: write errors on stdout are ignored, unlike `println!`'s panic.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "mock-primary: listening on http://{}", handle.addr());
+    let _ = writeln!(out, "mock-primary: admin on http://{}", handle.admin_addr());
+    let _ = writeln!(out, "mock-primary: issuer {}", handle.issuer());
+    drop(out);
     // Serve until killed; the handle owns the server thread.
     loop {
         std::thread::park();
