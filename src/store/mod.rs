@@ -392,7 +392,11 @@ fn prepared(
             // path, and makes every in-memory record reach readers through the same proof.
             Some(
                 RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
-                    what: "session",
+                    what: if kind_byte == kind::SESSION {
+                        "session"
+                    } else {
+                        "artifact"
+                    },
                     reason: "serialized bytes failed validation".into(),
                 })?,
             )
