@@ -70,8 +70,8 @@ fn ingest(store: &Store, n: u64) -> (Duration, Duration) {
         let t = Instant::now();
         rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
-            for s in &snaps {
-                tasks.spawn(store.put_session(s));
+            for s in snaps {
+                tasks.spawn(store.put_session_owned(s));
                 while tasks.len() >= 8192 {
                     tasks.join_next().await.unwrap().unwrap().unwrap();
                 }

@@ -513,3 +513,14 @@ fn session_key_collision_never_returns_the_other_session() {
         "the planted record was really there"
     );
 }
+
+#[test]
+fn owned_put_stores_the_same_record_as_borrowed_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (sample_snapshot(1, FAR), sample_snapshot(2, FAR));
+    block(store.put_session(&a)).unwrap();
+    block(store.put_session_owned(b.clone())).unwrap();
+    assert_eq!(store.get_session(&a.identity, 0).unwrap().to_snapshot(), a);
+    assert_eq!(store.get_session(&b.identity, 0).unwrap().to_snapshot(), b);
+}

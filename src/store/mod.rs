@@ -409,6 +409,17 @@ fn prepared(
     Ok((rec, wal))
 }
 
+fn encode_session(
+    key: RecordKey,
+    d: &DiskSession,
+) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(d).map_err(|e| StoreError::Encode {
+        what: "session",
+        reason: e.to_string(),
+    })?;
+    prepared(kind::SESSION, key, Some(body))
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir`: takes the lock, checks the format version,
     /// loads or generates the secrets, opens segments (quarantining bad ones), replays WAL
@@ -470,14 +481,20 @@ impl Store {
         s: &SessionSnapshot,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(&s.identity);
-        let prepared = check_snapshot(s).and_then(|()| {
-            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(s))
-                .map_err(|e| StoreError::Encode {
-                    what: "session",
-                    reason: e.to_string(),
-                })?;
-            prepared(kind::SESSION, key, Some(body))
-        });
+        let prepared =
+            check_snapshot(s).and_then(|()| encode_session(key, &DiskSession::from_snapshot(s)));
+        self.submit(key, prepared)
+    }
+
+    /// [`Store::put_session`] for a snapshot the caller no longer needs: its strings move into
+    /// the record instead of being copied (the cheaper path for capture).
+    pub fn put_session_owned(
+        &self,
+        s: SessionSnapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = self.engine.core.keys.session_key(&s.identity);
+        let prepared =
+            check_snapshot(&s).and_then(|()| encode_session(key, &DiskSession::from_owned(s)));
         self.submit(key, prepared)
     }
 
