@@ -56,7 +56,8 @@ pub enum Compaction {
     /// Only explicit [`Store::compact`] calls (tests, tools).
     Manual,
     /// A background thread checks every second and compacts a WAL group when its in-memory
-    /// tables exceed `memtable_bytes_max` or have been non-empty for `compact_age_secs`.
+    /// tables exceed `memtable_bytes_max`, or every `compact_age_secs` while they are non-empty
+    /// or one of its segments holds records that have expired.
     Background {
         /// Source of `now` for expiry during background compaction.
         clock: Clock,
