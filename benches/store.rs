@@ -89,7 +89,7 @@ fn ingest(store: &Store, n: u64) -> (Duration, Duration) {
             }
         });
         put_time += t.elapsed();
-        if end % COMPACT_EVERY == 0 {
+        if end.is_multiple_of(COMPACT_EVERY) {
             let t = Instant::now();
             store.compact(0).unwrap();
             compact_time += t.elapsed();

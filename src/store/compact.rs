@@ -394,12 +394,13 @@ impl Engine {
         let wal_dir = core.dir.join(dir::WAL_DIR);
         let mut removed = false;
         for name in dir::list(&wal_dir)? {
-            if let Some((g, generation)) = dir::parse_wal_name(&name) {
-                if generation < new_generation && g % core.group_count == group {
-                    let p = wal_dir.join(&name);
-                    std::fs::remove_file(&p).map_err(io_err("remove wal", &p))?;
-                    removed = true;
-                }
+            if let Some((g, generation)) = dir::parse_wal_name(&name)
+                && generation < new_generation
+                && g % core.group_count == group
+            {
+                let p = wal_dir.join(&name);
+                std::fs::remove_file(&p).map_err(io_err("remove wal", &p))?;
+                removed = true;
             }
         }
         if removed {

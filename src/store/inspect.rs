@@ -253,14 +253,14 @@ fn summary(
                     sessions += h.session_count;
                     artifacts += h.artifact_count;
                     for (_, rec) in seg.records() {
-                        if let Some(e) = expires_of(&rec) {
-                            if let Some(b) = hist.get_mut(bucket(e, now_secs)) {
-                                *b += 1;
-                            }
+                        if let Some(e) = expires_of(&rec)
+                            && let Some(b) = hist.get_mut(bucket(e, now_secs))
+                        {
+                            *b += 1;
                         }
                     }
                     format!(
-                        "ok (expires {}..{})",
+                        "ok (expires in {}..{} s)",
                         h.min_expires_at_secs.saturating_sub(now_secs),
                         h.max_expires_at_secs.saturating_sub(now_secs)
                     )
@@ -281,15 +281,13 @@ fn summary(
         let bytes = wal::read_file(path).map_err(dir::io_err("read wal", path))?;
         let (records, torn) = if wal::decode_file_header(&bytes).is_some() {
             wal::replay(&bytes, |r| {
-                if r.kind != kind::TOMBSTONE {
-                    if let Some(e) = RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
+                if r.kind != kind::TOMBSTONE
+                    && let Some(e) = RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
                         .as_ref()
                         .and_then(expires_of)
-                    {
-                        if let Some(b) = hist.get_mut(bucket(e, now_secs)) {
-                            *b += 1;
-                        }
-                    }
+                    && let Some(b) = hist.get_mut(bucket(e, now_secs))
+                {
+                    *b += 1;
                 }
                 true
             })
@@ -330,7 +328,14 @@ fn summary(
             )?,
         }
     }
-    let quarantined = dir::list(&d.join(dir::QUARANTINE_DIR))?;
+    // A store that never quarantined anything may have no quarantine directory at all (a copy,
+    // a fixture from git); that is an empty quarantine, not an error.
+    let quarantine = d.join(dir::QUARANTINE_DIR);
+    let quarantined = if quarantine.is_dir() {
+        dir::list(&quarantine)?
+    } else {
+        Vec::new()
+    };
     writeln!(
         out,
         "\ntotals: {sessions} sessions and {artifacts} artifacts in segments, {seg_bytes} segment bytes, {} WAL records",

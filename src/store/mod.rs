@@ -281,10 +281,10 @@ impl Core {
         let shard = self.shard(key)?;
         let st = shard.state.load();
         // After a compaction the table is usually empty: skip hashing into it.
-        if !st.mem.is_empty() {
-            if let Some(v) = st.mem.get(&key.0) {
-                return v.rec.clone();
-            }
+        if !st.mem.is_empty()
+            && let Some(v) = st.mem.get(&key.0)
+        {
+            return v.rec.clone();
         }
         for seg in st.segments.iter() {
             match seg.find(key) {

@@ -167,7 +167,7 @@ impl Header {
             .ok_or(SegmentError::Header {
                 field: "slot_count",
             })?;
-        if hd.records_offset < index_end || hd.records_offset % RECORD_ALIGN as u64 != 0 {
+        if hd.records_offset < index_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64) {
             return Err(SegmentError::Header {
                 field: "records_offset",
             });

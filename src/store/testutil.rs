@@ -42,7 +42,7 @@ pub fn sample_snapshot(i: u64, expires_at_secs: i64) -> SessionSnapshot {
         user_risk: RiskLevel::None,
         device_platform: "iOS".into(),
         device_compliance: DeviceCompliance::Compliant,
-        dpop_jkt: (i % 2 == 0).then(|| format!("jkt-{i:016x}")),
+        dpop_jkt: i.is_multiple_of(2).then(|| format!("jkt-{i:016x}")),
         access_token: TokenTemplate {
             claims_json: at.into_bytes(),
             time_claims: TIME_CLAIM_IAT | TIME_CLAIM_EXP | TIME_CLAIM_JTI,

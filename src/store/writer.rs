@@ -31,10 +31,10 @@ pub(super) fn create_wal(core: &Core, group: u32, generation: u64) -> Result<Gro
 }
 
 fn latch(core: &Core, group: u32, op: &'static str, e: &dyn std::fmt::Display) {
-    if let Some(g) = core.groups.get(group as usize) {
-        if g.failed.set((op, e.to_string())).is_ok() {
-            tracing::error!(group, op, error = %e, "WAL group failed; it takes no more writes until restart");
-        }
+    if let Some(g) = core.groups.get(group as usize)
+        && g.failed.set((op, e.to_string())).is_ok()
+    {
+        tracing::error!(group, op, error = %e, "WAL group failed; it takes no more writes until restart");
     }
 }
 
