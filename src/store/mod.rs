@@ -300,12 +300,12 @@ impl Core {
     }
 }
 
-/// A queued write.
+/// A queued write: the proven record (`None` for a tombstone). The writer encodes its WAL
+/// bytes straight into the batch buffer, which spares the producer a copy and an allocation.
 struct WriteOp {
     shard: u32,
     key: RecordKey,
     rec: Option<RecordBytes>,
-    wal: Vec<u8>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -373,10 +373,8 @@ fn check_snapshot(s: &SessionSnapshot) -> Result<(), StoreError> {
 
 fn prepared(
     kind_byte: u8,
-    key: RecordKey,
     body: Option<rkyv::util::AlignedVec>,
-) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
-    let mut wal = Vec::with_capacity(64 + body.as_ref().map_or(0, |b| b.len()));
+) -> Result<Option<RecordBytes>, StoreError> {
     let rec = match body {
         Some(b) => {
             let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
@@ -388,7 +386,6 @@ fn prepared(
                     limit_name: "STORE_RECORD_BYTES_MAX",
                 });
             }
-            wal::encode_record(kind_byte, key, &b, &mut wal);
             // Proving our own serialization costs a bytecheck pass per write, off the read
             // path, and makes every in-memory record reach readers through the same proof.
             Some(
@@ -402,23 +399,17 @@ fn prepared(
                 })?,
             )
         }
-        None => {
-            wal::encode_record(kind::TOMBSTONE, key, &[], &mut wal);
-            None
-        }
+        None => None,
     };
-    Ok((rec, wal))
+    Ok(rec)
 }
 
-fn encode_session(
-    key: RecordKey,
-    d: &DiskSession,
-) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
+fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
     let body = rkyv::to_bytes::<rkyv::rancor::Error>(d).map_err(|e| StoreError::Encode {
         what: "session",
         reason: e.to_string(),
     })?;
-    prepared(kind::SESSION, key, Some(body))
+    prepared(kind::SESSION, Some(body))
 }
 
 impl Store {
@@ -453,20 +444,19 @@ impl Store {
     fn submit(
         &self,
         key: RecordKey,
-        prepared: Result<(Option<RecordBytes>, Vec<u8>), StoreError>,
+        prepared: Result<Option<RecordBytes>, StoreError>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let shard = key.shard(self.engine.core.shard_count);
         let group = self.engine.core.group_of(shard) as usize;
         let tx = self.engine.senders.get(group).cloned();
         async move {
-            let (rec, wal) = prepared?;
+            let rec = prepared?;
             let tx = tx.ok_or(StoreError::Closed)?;
             let (done, rx) = tokio::sync::oneshot::channel();
             tx.send(WriterMsg::Write(WriteOp {
                 shard,
                 key,
                 rec,
-                wal,
                 done,
             }))
             .await
@@ -483,7 +473,7 @@ impl Store {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(&s.identity);
         let prepared =
-            check_snapshot(s).and_then(|()| encode_session(key, &DiskSession::from_snapshot(s)));
+            check_snapshot(s).and_then(|()| encode_session(&DiskSession::from_snapshot(s)));
         self.submit(key, prepared)
     }
 
@@ -495,7 +485,7 @@ impl Store {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(&s.identity);
         let prepared =
-            check_snapshot(&s).and_then(|()| encode_session(key, &DiskSession::from_owned(s)));
+            check_snapshot(&s).and_then(|()| encode_session(&DiskSession::from_owned(s)));
         self.submit(key, prepared)
     }
 
@@ -519,7 +509,7 @@ impl Store {
                     what: "artifact",
                     reason: e.to_string(),
                 })?;
-            prepared(kind::ARTIFACT, key, Some(body))
+            prepared(kind::ARTIFACT, Some(body))
         });
         self.submit(key, prepared)
     }
@@ -530,7 +520,7 @@ impl Store {
         id: &SessionIdentity,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(id);
-        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+        self.submit(key, Ok(None))
     }
 
     /// Supersedes the artifact `digest` (e.g. a rotated-out refresh token).
@@ -539,7 +529,7 @@ impl Store {
         digest: &ArtifactDigest,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = keys::artifact_key(digest);
-        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+        self.submit(key, Ok(None))
     }
 
     /// The snapshot of exactly `id`, if one is recorded and not expired at `now_secs`.
