@@ -1,9 +1,10 @@
 //! The session store: sharded WAL + in-memory table + memory-mapped rkyv segments
 //! (DESIGN §3–§4, format in `docs/store-format.md`).
 //!
-//! Writes are serialized and checksummed on the caller's thread, then handed to the writer
-//! thread of their WAL group, which appends a whole batch, fsyncs once, publishes the batch to
-//! the shards' in-memory tables and only then acknowledges: a reader never sees a write that
+//! Writes are serialized and validated on the caller's thread, then handed to the writer thread
+//! of their WAL group, which encodes and checksums the batch's WAL records, appends them with
+//! one write, fsyncs once, publishes the batch to the shards' in-memory tables and only then
+//! acknowledges: a reader never sees a write that
 //! is not durable. Reads load each shard's state through an `ArcSwap` and never take a lock.
 //!
 //! Invariant: `store` knows nothing of HTTP, JSON or the clock; time comes in as `now_secs`
