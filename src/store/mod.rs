@@ -372,37 +372,30 @@ fn check_snapshot(s: &SessionSnapshot) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn prepared(
-    kind_byte: u8,
-    body: Option<rkyv::util::AlignedVec>,
-) -> Result<Option<RecordBytes>, StoreError> {
-    let rec = match body {
-        Some(b) => {
-            let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
-            if b.len() > max {
-                return Err(StoreError::TooLarge {
-                    field: "record",
-                    found: b.len(),
-                    limit: max,
-                    limit_name: "STORE_RECORD_BYTES_MAX",
-                });
-            }
-            // Proving our own serialization costs a bytecheck pass per write, off the read
-            // path, and makes every in-memory record reach readers through the same proof.
-            Some(
-                RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
-                    what: if kind_byte == kind::SESSION {
-                        "session"
-                    } else {
-                        "artifact"
-                    },
-                    reason: "serialized bytes failed validation".into(),
-                })?,
-            )
-        }
-        None => None,
+/// Checks a fresh serialization against the record size limit and proves it (bytecheck).
+fn prepared(kind_byte: u8, b: rkyv::util::AlignedVec) -> Result<Option<RecordBytes>, StoreError> {
+    let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
+    if b.len() > max {
+        return Err(StoreError::TooLarge {
+            field: "record",
+            found: b.len(),
+            limit: max,
+            limit_name: "STORE_RECORD_BYTES_MAX",
+        });
+    }
+    let what = if kind_byte == kind::SESSION {
+        "session"
+    } else {
+        "artifact"
     };
-    Ok(rec)
+    // Proving our own serialization costs a bytecheck pass per write, off the read path, and
+    // makes every in-memory record reach readers through the same proof.
+    RecordBytes::check_owned(kind_byte, b)
+        .map(Some)
+        .ok_or(StoreError::Encode {
+            what,
+            reason: "serialized bytes failed validation".into(),
+        })
 }
 
 fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
@@ -410,7 +403,7 @@ fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
         what: "session",
         reason: e.to_string(),
     })?;
-    prepared(kind::SESSION, Some(body))
+    prepared(kind::SESSION, body)
 }
 
 impl Store {
@@ -510,7 +503,7 @@ impl Store {
                     what: "artifact",
                     reason: e.to_string(),
                 })?;
-            prepared(kind::ARTIFACT, Some(body))
+            prepared(kind::ARTIFACT, body)
         });
         self.submit(key, prepared)
     }
