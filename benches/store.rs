@@ -59,25 +59,33 @@ fn probes(n: u64, offset: u64) -> Vec<SessionIdentity> {
 fn ingest(store: &Store, n: u64) -> (Duration, Duration) {
     const CHUNK: u64 = 65_536;
     const COMPACT_EVERY: u64 = 1 << 21;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let (mut put_time, mut compact_time) = (Duration::ZERO, Duration::ZERO);
     let mut start = 0;
     while start < n {
         let end = (start + CHUNK).min(n);
-        let snaps: Vec<_> = (start..end).map(|i| sample_snapshot(i, FAR)).collect();
+        let mut snaps: Vec<_> = (start..end).map(|i| sample_snapshot(i, FAR)).collect();
+        let second = snaps.split_off(snaps.len() / 2);
         let t = Instant::now();
-        rt.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for s in &snaps {
-                tasks.spawn(store.put_session(s));
-                while tasks.len() >= 8192 {
-                    tasks.join_next().await.unwrap().unwrap().unwrap();
-                }
-            }
-            while let Some(r) = tasks.join_next().await {
-                r.unwrap().unwrap();
+        // Two producers, as two server workers capturing in parallel would be.
+        std::thread::scope(|scope| {
+            for half in [snaps, second] {
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for s in half {
+                            tasks.spawn(store.put_session_owned(s));
+                            while tasks.len() >= 4096 {
+                                tasks.join_next().await.unwrap().unwrap().unwrap();
+                            }
+                        }
+                        while let Some(r) = tasks.join_next().await {
+                            r.unwrap().unwrap();
+                        }
+                    });
+                });
             }
         });
         put_time += t.elapsed();
@@ -136,7 +144,7 @@ fn main() {
     let store = Store::open(&dir, StoreOpts::manual()).unwrap();
     let (took, flushes) = ingest(&store, n);
     println!(
-        "ingest: {n} sessions durable in {:.2} s = {:.0} sessions/s (group commit, 8192 in flight, {} WAL groups; snapshot building excluded)",
+        "ingest: {n} sessions durable in {:.2} s = {:.0} sessions/s (group commit, 2 producers x 4096 in flight, {} WAL groups; snapshot building excluded)",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         store.stats().wal_groups

@@ -330,21 +330,27 @@ fn background(
             _ => return,
         }
         tick += 1;
+        let now_secs = clock();
         for g in 0..core.group_count {
-            let (mut bytes, mut entries) = (0u64, 0usize);
+            let (mut bytes, mut entries, mut expiring) = (0u64, 0usize, false);
             for (i, s) in core.shards.iter().enumerate() {
                 if core.group_of(i as u32) == g {
                     let st = s.state.load();
                     bytes += st.mem_bytes;
                     entries += st.mem.len();
+                    // Expired records are invisible already; compaction reclaims their bytes.
+                    expiring |= st
+                        .segments
+                        .iter()
+                        .any(|seg| seg.header().min_expires_at_secs <= now_secs);
                 }
             }
             let Some(last_g) = last.get_mut(g as usize) else {
                 continue;
             };
-            let aged = entries > 0 && tick.saturating_sub(*last_g) >= age_secs;
+            let aged = (entries > 0 || expiring) && tick.saturating_sub(*last_g) >= age_secs;
             if bytes > bytes_max || aged {
-                if let Err(e) = engine.compact_group(g, clock()) {
+                if let Err(e) = engine.compact_group(g, now_secs) {
                     tracing::error!(group = g, error = %e, "background compaction failed");
                 }
                 *last_g = tick;

@@ -177,7 +177,46 @@ fn strings(v: &rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>) -> Vec<Stri
     v.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
+fn template_into_disk(t: TokenTemplate) -> DiskTemplate {
+    DiskTemplate {
+        claims_json: t.claims_json,
+        time_claims: t.time_claims,
+        lifetime_secs: t.lifetime_secs,
+        alg: t.alg,
+        typ: t.typ,
+    }
+}
+
 impl DiskSession {
+    /// The on-disk form of a snapshot, moving its strings instead of copying them (the write
+    /// path's allocations are most of ingest's cost).
+    pub fn from_owned(s: SessionSnapshot) -> Self {
+        DiskSession {
+            tenant: s.identity.tenant,
+            user: s.identity.user,
+            device: s.identity.device,
+            app: s.identity.app,
+            resource: s.identity.resource,
+            home_tenant: s.home_tenant,
+            auth_time_secs: s.auth_time_secs,
+            recorded_at_secs: s.recorded_at_secs,
+            expires_at_secs: s.expires_at_secs,
+            amr: s.amr,
+            acr: s.acr,
+            groups: s.groups,
+            roles: s.roles,
+            sign_in_risk: risk_code(s.sign_in_risk),
+            user_risk: risk_code(s.user_risk),
+            device_platform: s.device_platform,
+            device_compliance: compliance_code(s.device_compliance),
+            dpop_jkt: s.dpop_jkt,
+            access_token: template_into_disk(s.access_token),
+            id_token: s.id_token.map(template_into_disk),
+            scopes: s.scopes,
+            token_type: s.token_type,
+        }
+    }
+
     /// The on-disk form of a snapshot.
     pub fn from_snapshot(s: &SessionSnapshot) -> Self {
         DiskSession {

@@ -1,9 +1,10 @@
 //! The session store: sharded WAL + in-memory table + memory-mapped rkyv segments
 //! (DESIGN §3–§4, format in `docs/store-format.md`).
 //!
-//! Writes are serialized and checksummed on the caller's thread, then handed to the writer
-//! thread of their WAL group, which appends a whole batch, fsyncs once, publishes the batch to
-//! the shards' in-memory tables and only then acknowledges: a reader never sees a write that
+//! Writes are serialized and validated on the caller's thread, then handed to the writer thread
+//! of their WAL group, which encodes and checksums the batch's WAL records, appends them with
+//! one write, fsyncs once, publishes the batch to the shards' in-memory tables and only then
+//! acknowledges: a reader never sees a write that
 //! is not durable. Reads load each shard's state through an `ArcSwap` and never take a lock.
 //!
 //! Invariant: `store` knows nothing of HTTP, JSON or the clock; time comes in as `now_secs`
@@ -56,7 +57,8 @@ pub enum Compaction {
     /// Only explicit [`Store::compact`] calls (tests, tools).
     Manual,
     /// A background thread checks every second and compacts a WAL group when its in-memory
-    /// tables exceed `memtable_bytes_max` or have been non-empty for `compact_age_secs`.
+    /// tables exceed `memtable_bytes_max`, or every `compact_age_secs` while they are non-empty
+    /// or one of its segments holds records that have expired.
     Background {
         /// Source of `now` for expiry during background compaction.
         clock: Clock,
@@ -299,12 +301,12 @@ impl Core {
     }
 }
 
-/// A queued write.
+/// A queued write: the proven record (`None` for a tombstone). The writer encodes its WAL
+/// bytes straight into the batch buffer, which spares the producer a copy and an allocation.
 struct WriteOp {
     shard: u32,
     key: RecordKey,
     rec: Option<RecordBytes>,
-    wal: Vec<u8>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -370,39 +372,38 @@ fn check_snapshot(s: &SessionSnapshot) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn prepared(
-    kind_byte: u8,
-    key: RecordKey,
-    body: Option<rkyv::util::AlignedVec>,
-) -> Result<(Option<RecordBytes>, Vec<u8>), StoreError> {
-    let mut wal = Vec::with_capacity(64 + body.as_ref().map_or(0, |b| b.len()));
-    let rec = match body {
-        Some(b) => {
-            let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
-            if b.len() > max {
-                return Err(StoreError::TooLarge {
-                    field: "record",
-                    found: b.len(),
-                    limit: max,
-                    limit_name: "STORE_RECORD_BYTES_MAX",
-                });
-            }
-            wal::encode_record(kind_byte, key, &b, &mut wal);
-            // Proving our own serialization costs a bytecheck pass per write, off the read
-            // path, and makes every in-memory record reach readers through the same proof.
-            Some(
-                RecordBytes::check_owned(kind_byte, b).ok_or(StoreError::Encode {
-                    what: "session",
-                    reason: "serialized bytes failed validation".into(),
-                })?,
-            )
-        }
-        None => {
-            wal::encode_record(kind::TOMBSTONE, key, &[], &mut wal);
-            None
-        }
+/// Checks a fresh serialization against the record size limit and proves it (bytecheck).
+fn prepared(kind_byte: u8, b: rkyv::util::AlignedVec) -> Result<Option<RecordBytes>, StoreError> {
+    let max = limits::STORE_RECORD_BYTES_MAX as usize - wal::PAYLOAD_FIXED_BYTES;
+    if b.len() > max {
+        return Err(StoreError::TooLarge {
+            field: "record",
+            found: b.len(),
+            limit: max,
+            limit_name: "STORE_RECORD_BYTES_MAX",
+        });
+    }
+    let what = if kind_byte == kind::SESSION {
+        "session"
+    } else {
+        "artifact"
     };
-    Ok((rec, wal))
+    // Proving our own serialization costs a bytecheck pass per write, off the read path, and
+    // makes every in-memory record reach readers through the same proof.
+    RecordBytes::check_owned(kind_byte, b)
+        .map(Some)
+        .ok_or(StoreError::Encode {
+            what,
+            reason: "serialized bytes failed validation".into(),
+        })
+}
+
+fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(d).map_err(|e| StoreError::Encode {
+        what: "session",
+        reason: e.to_string(),
+    })?;
+    prepared(kind::SESSION, body)
 }
 
 impl Store {
@@ -437,20 +438,19 @@ impl Store {
     fn submit(
         &self,
         key: RecordKey,
-        prepared: Result<(Option<RecordBytes>, Vec<u8>), StoreError>,
+        prepared: Result<Option<RecordBytes>, StoreError>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let shard = key.shard(self.engine.core.shard_count);
         let group = self.engine.core.group_of(shard) as usize;
         let tx = self.engine.senders.get(group).cloned();
         async move {
-            let (rec, wal) = prepared?;
+            let rec = prepared?;
             let tx = tx.ok_or(StoreError::Closed)?;
             let (done, rx) = tokio::sync::oneshot::channel();
             tx.send(WriterMsg::Write(WriteOp {
                 shard,
                 key,
                 rec,
-                wal,
                 done,
             }))
             .await
@@ -466,14 +466,20 @@ impl Store {
         s: &SessionSnapshot,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(&s.identity);
-        let prepared = check_snapshot(s).and_then(|()| {
-            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskSession::from_snapshot(s))
-                .map_err(|e| StoreError::Encode {
-                    what: "session",
-                    reason: e.to_string(),
-                })?;
-            prepared(kind::SESSION, key, Some(body))
-        });
+        let prepared =
+            check_snapshot(s).and_then(|()| encode_session(&DiskSession::from_snapshot(s)));
+        self.submit(key, prepared)
+    }
+
+    /// [`Store::put_session`] for a snapshot the caller no longer needs: its strings move into
+    /// the record instead of being copied (the cheaper path for capture).
+    pub fn put_session_owned(
+        &self,
+        s: SessionSnapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = self.engine.core.keys.session_key(&s.identity);
+        let prepared =
+            check_snapshot(&s).and_then(|()| encode_session(&DiskSession::from_owned(s)));
         self.submit(key, prepared)
     }
 
@@ -497,7 +503,7 @@ impl Store {
                     what: "artifact",
                     reason: e.to_string(),
                 })?;
-            prepared(kind::ARTIFACT, key, Some(body))
+            prepared(kind::ARTIFACT, body)
         });
         self.submit(key, prepared)
     }
@@ -508,7 +514,7 @@ impl Store {
         id: &SessionIdentity,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = self.engine.core.keys.session_key(id);
-        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+        self.submit(key, Ok(None))
     }
 
     /// Supersedes the artifact `digest` (e.g. a rotated-out refresh token).
@@ -517,7 +523,7 @@ impl Store {
         digest: &ArtifactDigest,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = keys::artifact_key(digest);
-        self.submit(key, prepared(kind::TOMBSTONE, key, None))
+        self.submit(key, Ok(None))
     }
 
     /// The snapshot of exactly `id`, if one is recorded and not expired at `now_secs`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::dir;
 use super::error::StoreError;
+use super::format::kind;
 use super::wal::{self, WalFile};
 use super::{Core, MemValue, ShardState, WriteOp, WriterMsg};
 use crate::limits;
@@ -114,7 +115,10 @@ fn commit(core: &Core, wal: &mut GroupWal, batch: &mut Vec<WriteOp>, buf: &mut V
     }
     buf.clear();
     for op in &ops {
-        buf.extend_from_slice(&op.wal);
+        match &op.rec {
+            Some(r) => wal::encode_record(r.kind(), op.key, r.bytes(), buf),
+            None => wal::encode_record(kind::TOMBSTONE, op.key, &[], buf),
+        }
     }
     if let Err(e) = wal.file.append(buf) {
         latch(core, wal.group, "write", &e);
