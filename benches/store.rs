@@ -131,6 +131,10 @@ fn build_lmdb(path: &Path, store: &Store, n: u64) -> heed::Env {
     env
 }
 
+// The same allocator as the `backstop` binary, so ingest is measured as it runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n: u64 = std::env::var("BACKSTOP_BENCH_SESSIONS")
         .ok()
