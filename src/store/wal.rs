@@ -40,7 +40,7 @@ pub trait WalBackend: Send + Sync + 'static {
 }
 
 /// Plain `std::fs` with `fdatasync`; written from the group's dedicated writer thread.
-/// (The io_uring question is answered in `docs/store-bench-notes.md`: it did not pay here.)
+/// (The io_uring question is answered in BENCHMARKS.md: it did not pay here.)
 pub struct StdWalBackend;
 
 struct StdWalFile(File);
