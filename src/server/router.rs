@@ -106,7 +106,7 @@ async fn front_door(
     let (parts, body) = req.into_parts();
     let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     let route = match ctx.listener {
-        Listener::Public => public_route(parts.uri.path(), &ctx.shared.metadata.load()),
+        Listener::Public => public_route(parts.uri.path(), &ctx.shared.metadata),
         Listener::Admin => Route::Admin,
     };
     if target_bytes > limits.request_line_bytes_max {
@@ -173,15 +173,23 @@ fn too_large(max_bytes: u64) -> Reply {
     )
 }
 
-fn public_route(path: &str, metadata: &Metadata) -> Route {
+fn public_route(path: &str, metadata: &arc_swap::ArcSwap<Metadata>) -> Route {
     match path {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
-        // Served from the cache once it holds them; until then the primary answers.
-        p if p == metadata.discovery_path && metadata.discovery.is_some() => Route::Discovery,
-        p if metadata.jwks_path.as_deref() == Some(p) && metadata.jwks.is_some() => Route::Jwks,
-        _ => Route::Proxy,
+        _ => {
+            // Only paths that may be metadata pay for loading the snapshot.
+            let metadata = metadata.load();
+            if path == metadata.discovery_path && metadata.discovery.is_some() {
+                Route::Discovery
+            } else if metadata.jwks_path.as_deref() == Some(path) && metadata.jwks.is_some() {
+                // Served from the cache once it holds it; until then the primary answers.
+                Route::Jwks
+            } else {
+                Route::Proxy
+            }
+        }
     }
 }
 

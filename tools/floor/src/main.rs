@@ -24,6 +24,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Socket, Type};
 
+/// The same allocator as `backstop`, so ratios compare our code, not two allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BODY: &[u8] = b"ok\n";
 
 fn main() -> std::io::Result<()> {
