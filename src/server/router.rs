@@ -227,7 +227,9 @@ async fn proxy(
             metrics.upstream_outcome(outcome_of(failure), failure.is_ambiguous());
             gate.record(Err(failure), metrics);
             metrics.outage_refusal(OutageRefusal::UpstreamFailed);
-            tracing::info!(
+            // Per request at debug: in an outage this would be every request; the metrics count
+            // them and breaker transitions are logged at warn.
+            tracing::debug!(
                 failure = failure.label(),
                 ambiguous = failure.is_ambiguous(),
                 "forwarding failed"
