@@ -209,6 +209,19 @@ const _: () = {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Audit log (issue 5).
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one audit file before it is rotated.
+pub const AUDIT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Rotated audit files kept besides the current one (so at most 9 × 64 MiB on disk).
+pub const AUDIT_FILES_KEPT: u32 = 8;
+
+/// Audit records queued for the writer before new ones are dropped (and counted).
+pub const AUDIT_QUEUE_LEN: usize = 65_536;
+
+// ---------------------------------------------------------------------------------------------
 // OAuth protocol parsing (issue 5). Fixed: a token request that needs more is not one.
 // ---------------------------------------------------------------------------------------------
 

@@ -149,6 +149,10 @@ fn breaker_opens_at_the_threshold_and_stops_calling_the_primary() {
         metrics.contains("backstop_breaker_transitions_total{to=\"open\"} 1\n"),
         "{metrics}"
     );
+    // The transition is explained in the audit log.
+    server.wait_for_audit(|r| {
+        r["event"] == "breaker_transition" && r["to"] == "open" && r["cause"] == "server_error_500"
+    });
     // Open means no timeout paid: the refusal is immediate, with Retry-After near the open time.
     let start = Instant::now();
     let reply = conn.get("/userinfo");
@@ -220,6 +224,13 @@ fn a_hanging_primary_times_out_as_an_ambiguous_failure() {
         metrics.contains("backstop_upstream_ambiguous_failures_total 1\n"),
         "{metrics}"
     );
+    let records = server.wait_for_audit(|r| r["event"] == "ambiguous_upstream_failure");
+    let r = records
+        .iter()
+        .find(|r| r["event"] == "ambiguous_upstream_failure")
+        .unwrap();
+    assert_eq!(r["failure"], "timeout");
+    assert_eq!(r["path"], "/token");
 }
 
 #[test]
@@ -267,4 +278,8 @@ fn operator_can_force_outage_and_hand_back_to_auto() {
         metrics.contains("backstop_outage_refusals_total{reason=\"forced_outage\"} 5\n"),
         "{metrics}"
     );
+    server
+        .wait_for_audit(|r| r["event"] == "mode_set" && r["from"] == "auto" && r["to"] == "outage");
+    server
+        .wait_for_audit(|r| r["event"] == "mode_set" && r["from"] == "outage" && r["to"] == "auto");
 }

@@ -65,6 +65,13 @@ fn set_mode(body: &Bytes, shared: &Shared) -> Reply {
     };
     let before = gate::mode_from_code(shared.mode.swap(mode_code(mode), Ordering::Relaxed));
     tracing::warn!(from = ?before, to = ?mode, "operator set the failover mode");
+    shared.audit.record(crate::audit::AuditRecord {
+        time_ms: super::unix_now_ms(),
+        event: crate::audit::AuditEvent::ModeSet {
+            from: mode_label(before),
+            to: mode_label(mode),
+        },
+    });
     status(shared)
 }
 
@@ -109,6 +116,14 @@ struct Status<'a> {
     listen: String,
 }
 
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Auto => "auto",
+        Mode::ForcedNormal => "normal",
+        Mode::ForcedOutage => "outage",
+    }
+}
+
 #[derive(serde::Serialize)]
 struct PrimaryMetadata {
     discovery_cached: bool,
@@ -139,11 +154,7 @@ fn status(shared: &Shared) -> Reply {
     };
     let body = Status {
         mode,
-        forced: match forced {
-            Mode::Auto => "auto",
-            Mode::ForcedNormal => "normal",
-            Mode::ForcedOutage => "outage",
-        },
+        forced: mode_label(forced),
         breaker: breaker_label(worst),
         worker_breakers: codes.iter().map(|c| breaker_label(*c)).collect(),
         issuer: &shared.issuer,

@@ -61,7 +61,8 @@ pub(crate) struct Gate {
     breaker: Cell<Breaker>,
     probe_in_flight: Cell<bool>,
     shared: Arc<Shared>,
-    worker: usize,
+    /// This gate's worker index.
+    pub(crate) worker: usize,
 }
 
 impl Gate {
@@ -134,6 +135,15 @@ impl Gate {
             cause,
             "circuit breaker transition"
         );
+        self.shared.audit.record(crate::audit::AuditRecord {
+            time_ms: super::unix_now_ms(),
+            event: crate::audit::AuditEvent::BreakerTransition {
+                worker: self.worker,
+                from: before.label(),
+                to: after.label(),
+                cause,
+            },
+        });
     }
 
     /// Runs forever on the worker's `LocalSet`: moves an open breaker to half-open when its

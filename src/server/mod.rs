@@ -67,6 +67,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The audit log could not be started.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// A signing keyring could not be loaded or created.
     #[error("signing keys in `data_dir`: {0}")]
     Keys(#[from] crate::token::keyring::KeyringError),
@@ -102,6 +105,15 @@ pub(crate) struct Shared {
     pub(crate) published_keys: Vec<crate::token::jwk::PublicJwk>,
     /// The primary's discovery document and merged JWKS, as last fetched.
     pub(crate) metadata: Arc<arc_swap::ArcSwap<metadata::Metadata>>,
+    /// The audit log's queue.
+    pub(crate) audit: crate::audit::AuditSink,
+}
+
+/// Unix milliseconds from the wall clock, for audit records.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Unix seconds from the wall clock (`server/` is where the clock is read).
@@ -116,6 +128,7 @@ pub struct BoundServer {
     shared: Arc<Shared>,
     public: Vec<StdListener>,
     admin: Option<StdListener>,
+    audit_writer: std::thread::JoinHandle<()>,
 }
 
 /// Binds every listener (so address errors surface before anything starts) and prepares the
@@ -159,6 +172,14 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
     };
 
     let tls = upstream::tls_config(&config.primary)?;
+    let (audit, audit_writer) = crate::audit::start(
+        &config.data_dir.join("audit"),
+        crate::audit::AuditLimits {
+            file_bytes_max: crate::limits::AUDIT_FILE_BYTES_MAX,
+            files_kept: crate::limits::AUDIT_FILES_KEPT,
+            queue_len: crate::limits::AUDIT_QUEUE_LEN,
+        },
+    )?;
     // Every algorithm's keyring exists from the first start: a backup token is signed with the
     // algorithm the primary used for it, so any of them may be needed (DESIGN §7).
     let mut published_keys = Vec::new();
@@ -186,6 +207,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         issuer,
         published_keys,
         metadata,
+        audit,
         mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
         breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
         tls,
@@ -195,6 +217,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         shared,
         public,
         admin,
+        audit_writer,
     })
 }
 
@@ -215,6 +238,7 @@ impl BoundServer {
             shared,
             public,
             admin,
+            audit_writer,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -271,8 +295,12 @@ impl BoundServer {
                 first_error.get_or_insert(e);
             }
         }
-        // Durable state is flushed here once the store exists: every write the store has
-        // acknowledged is already on disk, so shutdown only has to close it.
+        // Flush durable state: the audit log writes what was queued and stops. (The store, once
+        // the gateway opens it, acknowledges only durable writes, so it has nothing to flush.)
+        shared.audit.close();
+        if audit_writer.join().is_err() {
+            tracing::error!("audit writer thread panicked");
+        }
         tracing::info!("backstop stopped");
         first_error.map_or(Ok(()), Err)
     }

@@ -215,6 +215,8 @@ async fn proxy(
         });
         return unavailable(gate.retry_after_secs());
     }
+    // Kept for the audit record of an ambiguous failure (a refcount, not a copy).
+    let uri = parts.uri.clone();
     match gate.upstream.forward(parts, body, peer_ip).await {
         Ok(response) => {
             metrics.upstream_outcome(UpstreamOutcome::Answered, false);
@@ -234,6 +236,16 @@ async fn proxy(
                 ambiguous = failure.is_ambiguous(),
                 "forwarding failed"
             );
+            if failure.is_ambiguous() {
+                ctx.shared.audit.record(crate::audit::AuditRecord {
+                    time_ms: super::unix_now_ms(),
+                    event: crate::audit::AuditEvent::AmbiguousUpstreamFailure {
+                        worker: gate.worker,
+                        failure: failure.label(),
+                        path: uri.path().to_string(),
+                    },
+                });
+            }
             unavailable(gate.retry_after_secs())
         }
     }
@@ -283,7 +295,13 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
             }
         }
         Route::Metrics => {
-            let body = shared.metrics.render(shared.started.elapsed());
+            let mut body = shared.metrics.render(shared.started.elapsed());
+            body.push_str(&format!(
+                "# HELP backstop_audit_dropped_total Audit records dropped because the writer fell behind.\n\
+                 # TYPE backstop_audit_dropped_total counter\n\
+                 backstop_audit_dropped_total {}\n",
+                shared.audit.dropped()
+            ));
             let mut reply = Response::new(Either::Left(Full::new(Bytes::from(body))));
             reply.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -154,6 +154,36 @@ impl Backstop {
     pub fn connect(&self) -> Conn {
         Conn::open(self.addr)
     }
+
+    /// Waits (at most 5 s: the writer flushes off the request path) until the audit log holds a
+    /// record for which `wanted` is true; returns every record read.
+    pub fn wait_for_audit(
+        &self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let path = self
+            .dir
+            .path()
+            .join("data")
+            .join("audit")
+            .join("audit.jsonl");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let records: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
+                .collect();
+            if records.iter().any(&wanted) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such audit record in {records:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Backstop {

@@ -1,0 +1,370 @@
+//! The audit log: one JSON line per decision that gives or refuses access, and per failover
+//! event (breaker transition, operator mode change, ambiguous upstream failure), in size-rotated
+//! files, written by one thread off the request path.
+//!
+//! A request never waits for the audit log: `AuditSink::record` is a `try_send` into a bounded
+//! queue, and a full queue drops the record and counts it (`dropped`), so a slow disk cannot
+//! turn into a slow token endpoint. Records carry identifiers and reasons only, never a token,
+//! cookie or secret: the types below have no field that could hold one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+
+/// Name of the file being written; rotated ones are `audit.1.jsonl` (newest) and up.
+pub const CURRENT_FILE: &str = "audit.jsonl";
+
+/// One audit record: what happened, when (unix milliseconds), and the event's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Unix time in milliseconds, from the caller's clock.
+    pub time_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// The events backstop audits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A worker's circuit breaker changed state.
+    BreakerTransition {
+        /// The worker.
+        worker: usize,
+        /// State before.
+        from: &'static str,
+        /// State after.
+        to: &'static str,
+        /// What caused it (a failure label, `probe_succeeded`, ...).
+        cause: &'static str,
+    },
+    /// The operator forced a mode (or handed it back to the breakers).
+    ModeSet {
+        /// Mode before (`auto`, `normal`, `outage`).
+        from: &'static str,
+        /// Mode after.
+        to: &'static str,
+    },
+    /// A forwarded request failed after the primary may have acted on it: a refresh token it
+    /// rotated may be lost to the client (DESIGN §1, known hazard).
+    AmbiguousUpstreamFailure {
+        /// The worker.
+        worker: usize,
+        /// The failure (`timeout`, `reset`, `server_error_500`, ...).
+        failure: &'static str,
+        /// The request path (never its query string).
+        path: String,
+    },
+}
+
+/// Limits of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditLimits {
+    /// Rotate the current file once it reaches this many bytes.
+    pub file_bytes_max: u64,
+    /// Rotated files kept besides the current one; older ones are deleted.
+    pub files_kept: u32,
+    /// Records queued for the writer before new ones are dropped.
+    pub queue_len: usize,
+}
+
+/// Why the audit log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The directory or file could not be created or opened.
+    #[error("audit log in {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What the writer thread receives.
+#[derive(Debug)]
+enum Msg {
+    Record(AuditRecord),
+    /// Write what came before, flush, and end the thread.
+    Stop,
+}
+
+/// The sending side, cloned into every thread that audits.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// Queues a record; never blocks. A full queue drops it and counts it.
+    pub fn record(&self, record: AuditRecord) {
+        match self.tx.try_send(Msg::Record(record)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records dropped so far because the queue was full or the writer had stopped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to write everything queued before this call, flush and stop. Waits for
+    /// room in the queue (shutdown only). Records sent after it are dropped and counted.
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+/// Starts the writer thread on `dir` (created, mode 0700). Returns the sink and the thread,
+/// which ends after a final flush on `AuditSink::close` (or once every sink is dropped).
+pub fn start(dir: &Path, limits: AuditLimits) -> Result<(AuditSink, JoinHandle<()>), AuditError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AuditError::Io { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let current = dir.join(CURRENT_FILE);
+    let file = open_append(&current).map_err(io(&current))?;
+    let size = file.metadata().map_err(io(&current))?.len();
+    let (tx, rx) = mpsc::sync_channel(limits.queue_len.max(1));
+    let writer = Writer {
+        dir: dir.to_path_buf(),
+        limits,
+        out: BufWriter::new(file),
+        size,
+    };
+    let handle = std::thread::Builder::new()
+        .name("backstop-audit".into())
+        .spawn(move || writer.run(rx))
+        .map_err(io(dir))?;
+    Ok((
+        AuditSink {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        },
+        handle,
+    ))
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+struct Writer {
+    dir: PathBuf,
+    limits: AuditLimits,
+    out: BufWriter<File>,
+    size: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        // Block for one message, then take whatever else is queued before flushing, so a burst
+        // costs one write system call, not one per record.
+        'outer: while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Record(record) => self.write(&record),
+                    Msg::Stop => break 'outer,
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Err(e) = self.out.flush() {
+                tracing::error!(error = %e, "audit log flush failed");
+            }
+        }
+        if let Err(e) = self.out.flush() {
+            tracing::error!(error = %e, "audit log flush failed");
+        }
+    }
+
+    fn write(&mut self, record: &AuditRecord) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "audit record could not be encoded");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if self.size > 0
+            && self.size + line.len() as u64 > self.limits.file_bytes_max
+            && let Err(e) = self.rotate()
+        {
+            tracing::error!(error = %e, dir = %self.dir.display(), "audit log rotation failed; appending to the current file");
+        }
+        match self.out.write_all(&line) {
+            Ok(()) => self.size += line.len() as u64,
+            Err(e) => tracing::error!(error = %e, "audit log write failed"),
+        }
+    }
+
+    /// `audit.jsonl` → `audit.1.jsonl` → ... → `audit.N.jsonl`; the oldest beyond N is deleted.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let kept = self.limits.files_kept;
+        let rotated = |n: u32| self.dir.join(format!("audit.{n}.jsonl"));
+        if kept == 0 {
+            std::fs::remove_file(self.dir.join(CURRENT_FILE))?;
+        } else {
+            let _ = std::fs::remove_file(rotated(kept));
+            for n in (1..kept).rev() {
+                let from = rotated(n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(n + 1))?;
+                }
+            }
+            std::fs::rename(self.dir.join(CURRENT_FILE), rotated(1))?;
+        }
+        self.out = BufWriter::new(open_append(&self.dir.join(CURRENT_FILE))?);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(i: usize) -> AuditRecord {
+        AuditRecord {
+            time_ms: 1_700_000_000_000 + i as u64,
+            event: AuditEvent::BreakerTransition {
+                worker: i,
+                from: "closed",
+                to: "open",
+                cause: "timeout",
+            },
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_are_json_lines_with_the_event_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = AuditLimits {
+            file_bytes_max: 1 << 20,
+            files_kept: 2,
+            queue_len: 16,
+        };
+        let (sink, writer) = start(dir.path(), limits).unwrap();
+        sink.record(transition(1));
+        sink.record(AuditRecord {
+            time_ms: 5,
+            event: AuditEvent::ModeSet {
+                from: "auto",
+                to: "outage",
+            },
+        });
+        // A clone still alive elsewhere must not keep the writer from stopping.
+        let straggler = sink.clone();
+        sink.close();
+        writer.join().unwrap();
+        straggler.record(transition(2));
+        assert_eq!(straggler.dropped(), 1);
+        let got = lines(&dir.path().join(CURRENT_FILE));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["event"], "breaker_transition");
+        assert_eq!(got[0]["to"], "open");
+        assert_eq!(got[0]["time_ms"], 1_700_000_000_001u64);
+        assert_eq!(got[1]["event"], "mode_set");
+        assert_eq!(got[1]["to"], "outage");
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_only_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Workers 10..30: every line has the same length, so each file holds exactly three.
+        let one_line = serde_json::to_vec(&transition(10)).unwrap().len() as u64 + 1;
+        // Three records per file, two rotated files kept.
+        let limits = AuditLimits {
+            file_bytes_max: one_line * 3,
+            files_kept: 2,
+            queue_len: 1024,
+        };
+        let (sink, writer) = start(dir.path(), limits).unwrap();
+        for i in 10..30 {
+            sink.record(transition(i));
+        }
+        sink.close();
+        writer.join().unwrap();
+        let current = lines(&dir.path().join(CURRENT_FILE));
+        let r1 = lines(&dir.path().join("audit.1.jsonl"));
+        let r2 = lines(&dir.path().join("audit.2.jsonl"));
+        assert!(!dir.path().join("audit.3.jsonl").exists());
+        // Oldest to newest: audit.2, audit.1, current; the last record written is last.
+        assert_eq!(current.last().unwrap()["worker"], 29);
+        assert!(
+            current.len() <= 3 && r1.len() == 3 && r2.len() == 3,
+            "{current:?} {r1:?} {r2:?}"
+        );
+        assert_eq!(
+            r2[0]["worker"].as_u64().unwrap() + 3,
+            r1[0]["worker"].as_u64().unwrap()
+        );
+        for path in ["audit.jsonl", "audit.1.jsonl", "audit.2.jsonl"] {
+            let len = std::fs::metadata(dir.path().join(path)).unwrap().len();
+            assert!(len <= limits.file_bytes_max, "{path} is {len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let sink = AuditSink {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        for i in 0..5 {
+            sink.record(transition(i));
+        }
+        assert_eq!(sink.dropped(), 3);
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn reopening_appends_to_the_current_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = AuditLimits {
+            file_bytes_max: 1 << 20,
+            files_kept: 1,
+            queue_len: 8,
+        };
+        for i in 0..2 {
+            let (sink, writer) = start(dir.path(), limits).unwrap();
+            sink.record(transition(i));
+            sink.close();
+            writer.join().unwrap();
+        }
+        assert_eq!(lines(&dir.path().join(CURRENT_FILE)).len(), 2);
+    }
+}
