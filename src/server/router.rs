@@ -153,6 +153,10 @@ async fn read_body(
             return Ok(Bytes::new());
         }
     }
+    // No body at all (a GET, `content-length: 0`): no collector and no timer to arm.
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(limits.body_read_timeout, collect).await {
