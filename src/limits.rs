@@ -415,12 +415,12 @@ const _: () = {
 
 /// Revocation events kept in memory (inside the session window). Over it, inserting is an
 /// error (`RevocationError::Full`): a revocation is never silently dropped, and the caller
-/// decides whether to fail closed. `benches/revocation.rs` measures about 600 MiB of RSS per
-/// million events (36-byte subject ids), so the default (1 M) costs about 0.6 GiB.
+/// decides whether to fail closed. `benches/revocation.rs` measures about 310 MiB of RSS per
+/// million events (36-byte subject ids), so the default (2 M) costs about 0.6 GiB.
 pub const REVOCATION_EVENTS: Bound = Bound {
     min: 1,
     max: 16_000_000,
-    default: 1_000_000,
+    default: 2_000_000,
 };
 
 /// Bytes of a revocation event id (an admin-chosen id or a SET `jti`).

@@ -11,7 +11,9 @@
 //! `expire_before` cutoff) are gone, so a question about a time before the horizon cannot be
 //! answered and gets [`Verdict::BeforeHorizon`], never [`Verdict::Clear`].
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -25,6 +27,62 @@ const BITS_PER_SUBJECT: usize = 16;
 
 /// Smallest bitmap, in bits (512 bytes): an almost empty filter still probes one word.
 const BITMAP_BITS_MIN: usize = 1 << 12;
+
+/// An event keyed by its id, so the id map holds no second copy of the id.
+#[derive(Debug)]
+struct ById(Arc<RevocationEvent>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// A subject's latest event keyed by its subject, so the exact map holds no second copy of
+/// the subject and its entries are one pointer wide.
+#[derive(Debug, Clone)]
+struct BySubject(Arc<RevocationEvent>);
+
+impl PartialEq for BySubject {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.subject == other.0.subject
+    }
+}
+
+impl Eq for BySubject {}
+
+impl Hash for BySubject {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.subject.hash(state);
+    }
+}
+
+impl Borrow<Subject> for BySubject {
+    fn borrow(&self) -> &Subject {
+        &self.0.subject
+    }
+}
+
+/// Each subject's latest retained event (a persistent map: cloning it is O(1)).
+type Latest = imbl::HashMap<BySubject, ()>;
+
+fn latest_of<'a>(latest: &'a Latest, subject: &Subject) -> Option<&'a RevocationEvent> {
+    latest.get_key_value(subject).map(|(key, ())| &*key.0)
+}
 
 /// Why an event was refused, or a set could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -194,7 +252,7 @@ fn set_bit(words: &mut [u64], mask: u64, hash: u64) {
 #[derive(Debug, Clone)]
 pub struct FilterSnapshot {
     bitmap: Bitmap,
-    latest: imbl::HashMap<Subject, Arc<RevocationEvent>>,
+    latest: Latest,
     horizon_secs: i64,
     generation: u64,
     event_count: usize,
@@ -222,7 +280,7 @@ impl FilterSnapshot {
             };
         }
         if self.bitmap.may_contain(subject.filter_hash())
-            && let Some(event) = self.latest.get(subject)
+            && let Some(event) = latest_of(&self.latest, subject)
             && event.time_secs >= since_secs
         {
             return Verdict::Revoked(event);
@@ -294,9 +352,9 @@ impl Default for FilterSnapshot {
 pub struct RevocationSet {
     events_max: usize,
     /// Every retained event, by id (idempotency and the cap).
-    by_id: HashMap<String, Arc<RevocationEvent>>,
+    by_id: HashSet<ById>,
     /// Each subject's latest retained event.
-    latest: imbl::HashMap<Subject, Arc<RevocationEvent>>,
+    latest: Latest,
     /// A bit for every subject in `latest`.
     bitmap: Bitmap,
     horizon_secs: i64,
@@ -316,7 +374,7 @@ impl RevocationSet {
     fn with_cap(events_max: usize) -> Self {
         RevocationSet {
             events_max,
-            by_id: HashMap::new(),
+            by_id: HashSet::new(),
             latest: imbl::HashMap::new(),
             bitmap: Bitmap::build(0, std::iter::empty()),
             horizon_secs: i64::MIN,
@@ -333,8 +391,8 @@ impl RevocationSet {
                 horizon_secs: self.horizon_secs,
             });
         }
-        if let Some(known) = self.by_id.get(&event.id) {
-            return if **known == event {
+        if let Some(known) = self.by_id.get(event.id.as_str()) {
+            return if *known.0 == event {
                 Ok(Inserted::Duplicate)
             } else {
                 Err(RevocationError::IdConflict { id: event.id })
@@ -347,16 +405,13 @@ impl RevocationSet {
         }
 
         let event = Arc::new(event);
-        self.by_id.insert(event.id.clone(), Arc::clone(&event));
-        let newer = self
-            .latest
-            .get(&event.subject)
+        let inserted = self.by_id.insert(ById(Arc::clone(&event)));
+        debug_assert!(inserted, "the id was not known");
+        let newer = latest_of(&self.latest, &event.subject)
             .is_none_or(|current| current.time_secs < event.time_secs);
         if newer {
             let hash = event.subject.filter_hash();
-            let replaced = self
-                .latest
-                .insert(event.subject.clone(), Arc::clone(&event));
+            let replaced = self.latest.insert(BySubject(Arc::clone(&event)), ());
             if replaced.is_none() {
                 if self.latest.len().saturating_mul(BITS_PER_SUBJECT) > self.bitmap.bit_count() {
                     self.rebuild_bitmap();
@@ -371,8 +426,7 @@ impl RevocationSet {
         debug_assert!(self.latest.len() <= self.by_id.len());
         debug_assert!(self.bitmap.may_contain(event.subject.filter_hash()));
         debug_assert!(
-            self.latest
-                .get(&event.subject)
+            latest_of(&self.latest, &event.subject)
                 .is_some_and(|latest| latest.time_secs >= event.time_secs)
         );
         Ok(Inserted::New)
@@ -387,22 +441,22 @@ impl RevocationSet {
         }
         self.horizon_secs = cutoff_secs;
         let before = self.by_id.len();
-        self.by_id.retain(|_, event| event.time_secs >= cutoff_secs);
+        self.by_id.retain(|event| event.0.time_secs >= cutoff_secs);
         // A subject's latest event is its newest, so it goes only when all of its events go.
         self.latest
-            .retain(|_, event| event.time_secs >= cutoff_secs);
+            .retain(|event, ()| event.0.time_secs >= cutoff_secs);
         self.rebuild_bitmap();
         self.generation += 1;
 
         debug_assert!(self.latest.len() <= self.by_id.len());
-        debug_assert!(self.by_id.values().all(|e| e.time_secs >= cutoff_secs));
+        debug_assert!(self.by_id.iter().all(|e| e.0.time_secs >= cutoff_secs));
         before - self.by_id.len()
     }
 
     fn rebuild_bitmap(&mut self) {
         self.bitmap = Bitmap::build(
             self.latest.len(),
-            self.latest.keys().map(Subject::filter_hash),
+            self.latest.keys().map(|key| key.0.subject.filter_hash()),
         );
         debug_assert!(
             self.latest.len().saturating_mul(BITS_PER_SUBJECT) <= self.bitmap.bit_count()
@@ -422,12 +476,12 @@ impl RevocationSet {
 
     /// The retained event with this id.
     pub fn get(&self, id: &str) -> Option<&RevocationEvent> {
-        self.by_id.get(id).map(|event| &**event)
+        self.by_id.get(id).map(|event| &*event.0)
     }
 
     /// Every retained event, in no particular order.
     pub fn events(&self) -> impl Iterator<Item = &RevocationEvent> {
-        self.by_id.values().map(|event| &**event)
+        self.by_id.iter().map(|event| &*event.0)
     }
 
     /// Retained events.
