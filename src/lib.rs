@@ -16,5 +16,6 @@ pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod revocation;
 pub mod store;
 pub mod token;

@@ -1,0 +1,14 @@
+//! Revocation (DESIGN §6): the event model and the filter that answers "any event for this
+//! subject at or after t?" with no false negatives, read lock-free on the request path.
+//!
+//! Pure: no I/O, no clock. [`RevocationSet`] is the single-writer builder (insert, expire);
+//! [`RevocationSet::snapshot`] hands out an immutable [`FilterSnapshot`] in O(1), which the
+//! server publishes through `arc-swap` so every worker reads the latest one without a lock.
+//! Durability (the WAL), the admin API and the Shared Signals receiver live elsewhere and
+//! feed events in.
+
+mod event;
+mod filter;
+
+pub use event::{EventKind, RevocationEvent, Source, Subject};
+pub use filter::{FilterSnapshot, Inserted, NotRevoked, RevocationError, RevocationSet, Verdict};
