@@ -456,3 +456,17 @@ fn json_logs_are_json_and_never_contain_the_admin_token() {
         "query string leaked into logs"
     );
 }
+
+#[test]
+fn sigterm_the_moment_the_address_is_printed_still_drains_and_exits_0() {
+    // Regression: the handlers used to be installed only once the server was running, so a
+    // signal right after the "listening" line took the default action and killed the process.
+    // The window was a few milliseconds (thread spawns, a runtime build), so this catches a
+    // regression only some of the time; five rounds make that more likely.
+    for _ in 0..5 {
+        let mut server = Backstop::start("", "", &[]);
+        server.signal("TERM");
+        let status = server.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    }
+}

@@ -129,6 +129,8 @@ pub struct BoundServer {
     public: Vec<StdListener>,
     admin: Option<StdListener>,
     audit_writer: std::thread::JoinHandle<()>,
+    control: tokio::runtime::Runtime,
+    signals: Signals,
 }
 
 /// Binds every listener (so address errors surface before anything starts) and prepares the
@@ -213,11 +215,23 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         tls,
         config,
     });
+    // The control runtime and the signal handlers exist before `bind` returns, so a signal
+    // sent as soon as the listening address is printed is already handled.
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Start {
+            what: "control runtime".into(),
+            source,
+        })?;
+    let signals = Signals::install(&control)?;
     Ok(BoundServer {
         shared,
         public,
         admin,
         audit_writer,
+        control,
+        signals,
     })
 }
 
@@ -239,6 +253,8 @@ impl BoundServer {
             public,
             admin,
             audit_writer,
+            control,
+            signals,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -268,17 +284,10 @@ impl BoundServer {
             );
         }
 
-        let control = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| ServerError::Start {
-                what: "control runtime".into(),
-                source,
-            })?;
         let local = tokio::task::LocalSet::new();
         let main_result = local.block_on(
             &control,
-            control_main(shared.clone(), admin, stop_tx, stop_rx),
+            control_main(signals, shared.clone(), admin, stop_tx, stop_rx),
         );
 
         let mut first_error = main_result.err();
@@ -308,6 +317,7 @@ impl BoundServer {
 
 /// The main thread: admin listener, signal handling, and the shutdown broadcast.
 async fn control_main(
+    mut signals: Signals,
     shared: Arc<Shared>,
     admin: Option<StdListener>,
     stop_tx: watch::Sender<bool>,
@@ -344,7 +354,7 @@ async fn control_main(
         unix_now_secs,
     ));
 
-    wait_for_signal().await?;
+    signals.wait().await;
     refresher.abort();
     tracing::info!(
         grace_ms =
@@ -360,19 +370,33 @@ async fn control_main(
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let start_err = |source| ServerError::Start {
-        what: "signal handler".into(),
-        source,
-    };
-    let mut term = signal(SignalKind::terminate()).map_err(start_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(start_err)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT handlers, installed in `bind` before anything is announced: a signal
+/// that arrives right after start must drain, not kill the process with the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install(runtime: &tokio::runtime::Runtime) -> Result<Self, ServerError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let start_err = |source| ServerError::Start {
+            what: "signal handler".into(),
+            source,
+        };
+        let _in_runtime = runtime.enter();
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(start_err)?,
+            int: signal(SignalKind::interrupt()).map_err(start_err)?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }
 
 fn worker_main(
