@@ -16,5 +16,6 @@ pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod policy;
 pub mod store;
 pub mod token;

@@ -408,3 +408,36 @@ const _: () = {
     // Unknown-kid refreshes are rarer than the shortest scheduled refresh is frequent.
     assert!(JWKS_UNKNOWN_KID_REFRESH_SECS <= JWKS_REFRESH_SECS.min);
 };
+
+// ---------------------------------------------------------------------------------------------
+// Conditional Access policies (issue 6). Fixed: Entra caps a tenant at 195 policies and 195
+// named locations, and a named location at 2,000 IP ranges; ours leave room above those.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one policy document (`{"conditionalAccessPolicies": [...], "namedLocations": [...]}`).
+pub const POLICY_DOCUMENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Conditional Access policies in one document.
+pub const POLICIES_MAX: usize = 512;
+
+/// Named locations in one document.
+pub const NAMED_LOCATIONS_MAX: usize = 512;
+
+/// IP ranges (CIDRs) in one named location.
+pub const NAMED_LOCATION_RANGES_MAX: usize = 2_000;
+
+/// Entries in any one list of a policy (users, groups, apps, locations, risk levels, controls).
+pub const POLICY_LIST_ENTRIES_MAX: usize = 1_024;
+
+/// Bytes of one identifier or display name in a policy document.
+pub const POLICY_STRING_BYTES_MAX: usize = 256;
+
+/// Unknown-field paths kept for the load report; the rest are counted, not listed.
+pub const POLICY_UNKNOWN_FIELDS_MAX: usize = 256;
+
+const _: () = {
+    // One list can name every policy's worth of entries Entra allows; a document of the largest
+    // lists still fits the byte bound only roughly, so the byte bound is the one that binds.
+    assert!(POLICY_LIST_ENTRIES_MAX <= NAMED_LOCATION_RANGES_MAX);
+    assert!(POLICY_STRING_BYTES_MAX < POLICY_DOCUMENT_BYTES_MAX);
+};
