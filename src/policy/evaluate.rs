@@ -464,3 +464,722 @@ fn risk(levels: &[super::RiskLevel], snapshot: Option<RiskLevel>) -> Tri {
         None => Tri::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::policy::load;
+
+    /// Owned facts, so each case can tweak one of them.
+    #[derive(Clone)]
+    struct Facts {
+        user: &'static str,
+        app: &'static str,
+        platform: Option<DevicePlatform>,
+        ip: &'static str,
+        client_app: ClientAppType,
+        groups: Vec<&'static str>,
+        roles: Vec<&'static str>,
+        sign_in_risk: RiskLevel,
+        user_risk: RiskLevel,
+        amr: Vec<&'static str>,
+        compliant: bool,
+        domain_joined: bool,
+        home_tenant: bool,
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            user: "u1",
+            app: "app1",
+            platform: Some(DevicePlatform::Windows),
+            ip: "192.0.2.10",
+            client_app: ClientAppType::MobileAppsAndDesktopClients,
+            groups: vec!["g1"],
+            roles: vec!["r1"],
+            sign_in_risk: RiskLevel::None,
+            user_risk: RiskLevel::None,
+            amr: vec!["pwd"],
+            compliant: false,
+            domain_joined: false,
+            home_tenant: true,
+        }
+    }
+
+    fn run(set: &PolicySet, f: &Facts) -> Decision {
+        let request = RequestFacts {
+            user_id: f.user,
+            app_id: f.app,
+            platform: f.platform,
+            client_ip: f.ip.parse().unwrap(),
+            client_app: f.client_app,
+        };
+        let session = SessionFacts {
+            groups: &f.groups,
+            roles: &f.roles,
+            sign_in_risk: f.sign_in_risk,
+            user_risk: f.user_risk,
+            amr: &f.amr,
+            device_compliant: f.compliant,
+            device_domain_joined: f.domain_joined,
+            home_tenant: f.home_tenant,
+        };
+        evaluate(set, &request, &session)
+    }
+
+    /// RFC 7396 merge patch, enough to write each case as a change to the base policy.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(target), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        target.remove(key);
+                    } else {
+                        merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                    }
+                }
+            }
+            (target, patch) => *target = patch.clone(),
+        }
+    }
+
+    fn base_policy(id: &str) -> Value {
+        json!({
+            "id": id,
+            "displayName": "test",
+            "state": "enabled",
+            "conditions": {
+                "users": {"includeUsers": ["All"]},
+                "applications": {"includeApplications": ["All"]},
+                "clientAppTypes": ["all"]
+            },
+            "grantControls": {"operator": "OR", "builtInControls": ["mfa"]}
+        })
+    }
+
+    fn document(policies: Vec<Value>) -> Value {
+        json!({
+            "conditionalAccessPolicies": policies,
+            "namedLocations": [
+                {"id": "corp", "isTrusted": true, "ipRanges": [{"cidrAddress": "10.0.0.0/8"}]},
+                {"id": "v6", "isTrusted": false, "ipRanges": [{"cidrAddress": "2001:db8::/32"}]},
+                {"@odata.type": "#microsoft.graph.countryNamedLocation", "id": "country",
+                 "countriesAndRegions": ["KP"]}
+            ]
+        })
+    }
+
+    fn set_of(policies: Vec<Value>) -> PolicySet {
+        load(&serde_json::to_vec(&document(policies)).unwrap())
+            .unwrap()
+            .set
+    }
+
+    fn one(patch: Value) -> PolicySet {
+        let mut policy = base_policy("p1");
+        merge(&mut policy, &patch);
+        set_of(vec![policy])
+    }
+
+    fn reason(decision: &Decision) -> Option<RefusalReason> {
+        match decision {
+            Decision::Allow(_) => None,
+            Decision::Refuse(refusal) => Some(refusal.reason),
+        }
+    }
+
+    use RefusalReason::*;
+
+    const MFA: Option<RefusalReason> = Some(MfaRequired);
+    const ALLOW: Option<RefusalReason> = None;
+
+    /// Each case: a patch to the base policy (all users, all apps, require MFA), a change to the
+    /// default facts (no MFA in amr), and the expected reason (`None`: allowed).
+    #[test]
+    fn conditions_and_controls_table() {
+        type Tweak = fn(&mut Facts);
+        let same: Tweak = |_| {};
+        let cases: &[(&str, Value, Tweak, Option<RefusalReason>)] = &[
+            ("base policy, no mfa", json!({}), same, MFA),
+            (
+                "base policy, mfa in amr",
+                json!({}),
+                |f| f.amr = vec!["pwd", "mfa"],
+                ALLOW,
+            ),
+            // Users.
+            (
+                "excluded user",
+                json!({"conditions": {"users": {"excludeUsers": ["u1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "excluded user, case-insensitive id",
+                json!({"conditions": {"users": {"excludeUsers": ["U1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "other user only",
+                json!({"conditions": {"users": {"includeUsers": ["u2"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included user",
+                json!({"conditions": {"users": {"includeUsers": ["u2", "u1"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "includeUsers None",
+                json!({"conditions": {"users": {"includeUsers": ["None"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included group from snapshot",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g1"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "other group",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g2"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "excluded group wins over included group",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g1"], "excludeGroups": ["g1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "excluded role wins over All",
+                json!({"conditions": {"users": {"excludeRoles": ["r1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included role",
+                json!({"conditions": {"users": {"includeUsers": [], "includeRoles": ["r1"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "excluded user wins over included group",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g1"], "excludeUsers": ["u1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "guests, home-tenant user",
+                json!({"conditions": {"users": {"includeUsers": ["GuestsOrExternalUsers"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "guests, guest user",
+                json!({"conditions": {"users": {"includeUsers": ["GuestsOrExternalUsers"]}}}),
+                |f| f.home_tenant = false,
+                MFA,
+            ),
+            // Applications.
+            (
+                "other app only",
+                json!({"conditions": {"applications": {"includeApplications": ["app2"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included app",
+                json!({"conditions": {"applications": {"includeApplications": ["app1"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "excluded app",
+                json!({"conditions": {"applications": {"excludeApplications": ["APP1"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "includeApplications None",
+                json!({"conditions": {"applications": {"includeApplications": ["None"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "unresolvable app group may apply",
+                json!({"conditions": {"applications": {"includeApplications": ["Office365"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "unresolvable excluded app group may not exclude",
+                json!({"conditions": {"applications": {"excludeApplications": ["Office365"]}}}),
+                same,
+                MFA,
+            ),
+            // Platforms.
+            (
+                "other platform",
+                json!({"conditions": {"platforms": {"includePlatforms": ["android", "iOS"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included platform",
+                json!({"conditions": {"platforms": {"includePlatforms": ["windows"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "all but excluded platform",
+                json!({"conditions": {"platforms": {"includePlatforms": ["all"], "excludePlatforms": ["windows"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "all platforms, another excluded",
+                json!({"conditions": {"platforms": {"includePlatforms": ["all"], "excludePlatforms": ["macOS"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "unknown platform may be a listed one",
+                json!({"conditions": {"platforms": {"includePlatforms": ["android"]}}}),
+                |f| f.platform = None,
+                MFA,
+            ),
+            (
+                "unknown platform may be an excluded one",
+                json!({"conditions": {"platforms": {"includePlatforms": ["all"], "excludePlatforms": ["linux"]}}}),
+                |f| f.platform = None,
+                MFA,
+            ),
+            // Locations.
+            (
+                "trusted location excluded",
+                json!({"conditions": {"locations": {"includeLocations": ["All"], "excludeLocations": ["AllTrusted"]}}}),
+                |f| f.ip = "10.2.3.4",
+                ALLOW,
+            ),
+            (
+                "outside trusted locations",
+                json!({"conditions": {"locations": {"includeLocations": ["All"], "excludeLocations": ["AllTrusted"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "v4-mapped peer in trusted location",
+                json!({"conditions": {"locations": {"includeLocations": ["All"], "excludeLocations": ["AllTrusted"]}}}),
+                |f| f.ip = "::ffff:10.2.3.4",
+                ALLOW,
+            ),
+            (
+                "included IPv6 location",
+                json!({"conditions": {"locations": {"includeLocations": ["v6"]}}}),
+                |f| f.ip = "2001:db8:5::1",
+                MFA,
+            ),
+            (
+                "outside IPv6 location",
+                json!({"conditions": {"locations": {"includeLocations": ["v6"]}}}),
+                |f| f.ip = "2001:db9::1",
+                ALLOW,
+            ),
+            (
+                "IPv4 client, IPv6 location",
+                json!({"conditions": {"locations": {"includeLocations": ["v6"]}}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "untrusted location is not AllTrusted",
+                json!({"conditions": {"locations": {"includeLocations": ["AllTrusted"]}}}),
+                |f| f.ip = "2001:db8::1",
+                ALLOW,
+            ),
+            (
+                "country location may include",
+                json!({"conditions": {"locations": {"includeLocations": ["country"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "country location may not exclude",
+                json!({"conditions": {"locations": {"includeLocations": ["All"], "excludeLocations": ["country"]}}}),
+                same,
+                MFA,
+            ),
+            (
+                "MFA trusted IPs may not exclude",
+                json!({"conditions": {"locations": {"includeLocations": ["All"], "excludeLocations": ["00000000-0000-0000-0000-000000000000"]}}}),
+                same,
+                MFA,
+            ),
+            // Client app types.
+            (
+                "other client app type",
+                json!({"conditions": {"clientAppTypes": ["browser"]}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "included client app type",
+                json!({"conditions": {"clientAppTypes": ["browser", "mobileAppsAndDesktopClients"]}}),
+                same,
+                MFA,
+            ),
+            (
+                "easSupported is exchangeActiveSync",
+                json!({"conditions": {"clientAppTypes": ["easSupported"]}}),
+                |f| f.client_app = ClientAppType::ExchangeActiveSync,
+                MFA,
+            ),
+            // Risks, from the snapshot.
+            (
+                "sign-in risk not met",
+                json!({"conditions": {"signInRiskLevels": ["high"]}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "sign-in risk met",
+                json!({"conditions": {"signInRiskLevels": ["medium", "high"]}}),
+                |f| f.sign_in_risk = RiskLevel::High,
+                MFA,
+            ),
+            (
+                "user risk met",
+                json!({"conditions": {"userRiskLevels": ["low"]}}),
+                |f| f.user_risk = RiskLevel::Low,
+                MFA,
+            ),
+            (
+                "user risk not met",
+                json!({"conditions": {"userRiskLevels": ["low"]}}),
+                same,
+                ALLOW,
+            ),
+            // Controls.
+            (
+                "block",
+                json!({"grantControls": {"builtInControls": ["block"]}}),
+                |f| f.amr = vec!["mfa"],
+                Some(BlockedByPolicy),
+            ),
+            (
+                "AND: mfa met, device not compliant",
+                json!({"grantControls": {"operator": "AND", "builtInControls": ["mfa", "compliantDevice"]}}),
+                |f| f.amr = vec!["mfa"],
+                Some(CompliantDeviceRequired),
+            ),
+            (
+                "AND: both met",
+                json!({"grantControls": {"operator": "AND", "builtInControls": ["mfa", "compliantDevice"]}}),
+                |f| {
+                    f.amr = vec!["mfa"];
+                    f.compliant = true;
+                },
+                ALLOW,
+            ),
+            (
+                "OR: one met",
+                json!({"grantControls": {"operator": "OR", "builtInControls": ["mfa", "compliantDevice"]}}),
+                |f| f.compliant = true,
+                ALLOW,
+            ),
+            (
+                "OR: none met names the first",
+                json!({"grantControls": {"operator": "OR", "builtInControls": ["compliantDevice", "mfa"]}}),
+                same,
+                Some(CompliantDeviceRequired),
+            ),
+            (
+                "domain joined required",
+                json!({"grantControls": {"builtInControls": ["domainJoinedDevice"]}}),
+                same,
+                Some(DomainJoinedDeviceRequired),
+            ),
+            (
+                "domain joined met",
+                json!({"grantControls": {"builtInControls": ["domainJoinedDevice"]}}),
+                |f| f.domain_joined = true,
+                ALLOW,
+            ),
+            (
+                "no grant controls",
+                json!({"grantControls": null}),
+                same,
+                ALLOW,
+            ),
+            (
+                "unsupported control fails closed even when OR'd with a met one",
+                json!({"grantControls": {"builtInControls": ["mfa", "approvedApplication"]}}),
+                |f| f.amr = vec!["mfa"],
+                Some(UnsupportedControl),
+            ),
+            (
+                "unsupported control on a policy that does not apply",
+                json!({"conditions": {"users": {"excludeUsers": ["u1"]}}, "grantControls": {"builtInControls": ["approvedApplication"]}}),
+                same,
+                ALLOW,
+            ),
+            // States.
+            (
+                "disabled policy",
+                json!({"state": "disabled", "grantControls": {"builtInControls": ["block"]}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "report-only policy",
+                json!({"state": "enabledForReportingButNotEnforced", "grantControls": {"builtInControls": ["block"]}}),
+                same,
+                ALLOW,
+            ),
+            // Resilience defaults off: groups, roles and risks are unknowable.
+            (
+                "RD off, targets a group the user is not in",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g2"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                |f| f.amr = vec!["mfa"],
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD off, targets a group the user is in",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g1"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                |f| f.amr = vec!["mfa"],
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD off, user excluded in real time",
+                json!({"conditions": {"users": {"excludeUsers": ["u1"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "RD off, excluded group cannot be known",
+                json!({"conditions": {"users": {"excludeGroups": ["g1"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD off, other app",
+                json!({"conditions": {"applications": {"includeApplications": ["app2"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "RD off, other location",
+                json!({"conditions": {"locations": {"includeLocations": ["corp"]}}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                ALLOW,
+            ),
+            (
+                "RD off, risk cannot be known",
+                json!({"conditions": {"signInRiskLevels": ["high"]}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD off, controls met",
+                json!({"sessionControls": {"disableResilienceDefaults": true}}),
+                |f| f.amr = vec!["mfa"],
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD off, certain block is a block",
+                json!({"grantControls": {"builtInControls": ["block"]}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                Some(BlockedByPolicy),
+            ),
+            (
+                "RD off, uncertain block",
+                json!({"conditions": {"users": {"includeUsers": [], "includeGroups": ["g1"]}}, "grantControls": {"builtInControls": ["block"]}, "sessionControls": {"disableResilienceDefaults": true}}),
+                same,
+                Some(ResilienceDefaultsDisabled),
+            ),
+            (
+                "RD explicitly on",
+                json!({"sessionControls": {"disableResilienceDefaults": false}}),
+                |f| f.amr = vec!["mfa"],
+                ALLOW,
+            ),
+        ];
+        for (name, patch, tweak, want) in cases {
+            let set = one(patch.clone());
+            let mut f = facts();
+            tweak(&mut f);
+            let decision = run(&set, &f);
+            assert_eq!(reason(&decision), *want, "{name}: {decision:?}");
+            if let Decision::Refuse(refusal) = &decision {
+                assert_eq!(refusal.policy_id, "p1", "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn report_only_is_reported_never_enforced() {
+        let mut blocked = base_policy("ro-block");
+        merge(
+            &mut blocked,
+            &json!({"state": "enabledForReportingButNotEnforced", "grantControls": {"builtInControls": ["block"]}}),
+        );
+        let mut satisfied = base_policy("ro-mfa");
+        merge(
+            &mut satisfied,
+            &json!({"state": "enabledForReportingButNotEnforced", "grantControls": {"builtInControls": ["compliantDevice"]}}),
+        );
+        let mut not_applied = base_policy("ro-other-app");
+        merge(
+            &mut not_applied,
+            &json!({"state": "enabledForReportingButNotEnforced", "conditions": {"applications": {"includeApplications": ["app2"]}}}),
+        );
+        let set = set_of(vec![blocked, satisfied, not_applied]);
+        let mut f = facts();
+        f.compliant = true;
+        let Decision::Allow(allowed) = run(&set, &f) else {
+            panic!("report-only policies must not refuse");
+        };
+        assert_eq!(
+            allowed.report_only(),
+            [
+                ReportOnlyResult {
+                    policy_id: "ro-block".into(),
+                    would_refuse: Some(BlockedByPolicy)
+                },
+                ReportOnlyResult {
+                    policy_id: "ro-mfa".into(),
+                    would_refuse: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn refusal_names_the_strongest_reason_and_its_policy_and_keeps_report_only() {
+        let mfa = base_policy("needs-mfa");
+        let mut rd_off = base_policy("rd-off");
+        merge(
+            &mut rd_off,
+            &json!({"sessionControls": {"disableResilienceDefaults": true}}),
+        );
+        let mut block = base_policy("blocks");
+        merge(
+            &mut block,
+            &json!({"grantControls": {"builtInControls": ["block"]}}),
+        );
+        let mut report = base_policy("report");
+        merge(
+            &mut report,
+            &json!({"state": "enabledForReportingButNotEnforced"}),
+        );
+
+        let set = set_of(vec![mfa.clone(), rd_off.clone(), block, report.clone()]);
+        let Decision::Refuse(refusal) = run(&set, &facts()) else {
+            panic!("must refuse")
+        };
+        assert_eq!(refusal.reason, BlockedByPolicy);
+        assert_eq!(refusal.policy_id, "blocks");
+        assert_eq!(
+            refusal.report_only,
+            [ReportOnlyResult {
+                policy_id: "report".into(),
+                would_refuse: Some(MfaRequired)
+            }]
+        );
+
+        let set = set_of(vec![mfa.clone(), rd_off, report]);
+        let Decision::Refuse(refusal) = run(&set, &facts()) else {
+            panic!("must refuse")
+        };
+        assert_eq!(
+            (refusal.reason, refusal.policy_id.as_str()),
+            (ResilienceDefaultsDisabled, "rd-off")
+        );
+
+        // Equal reasons: the first policy in document order is named.
+        let mut second = base_policy("second-mfa");
+        merge(&mut second, &json!({}));
+        let set = set_of(vec![mfa, second]);
+        let Decision::Refuse(refusal) = run(&set, &facts()) else {
+            panic!("must refuse")
+        };
+        assert_eq!(
+            (refusal.reason, refusal.policy_id.as_str()),
+            (MfaRequired, "needs-mfa")
+        );
+    }
+
+    #[test]
+    fn empty_set_allows() {
+        let set = PolicySet::default();
+        assert_eq!(
+            run(&set, &facts()),
+            Decision::Allow(Allowed {
+                report_only: Vec::new()
+            })
+        );
+    }
+
+    #[test]
+    fn refusal_reasons_have_stable_snake_case_names() {
+        let names: Vec<&str> = [
+            BlockedByPolicy,
+            ResilienceDefaultsDisabled,
+            UnsupportedControl,
+            MfaRequired,
+            CompliantDeviceRequired,
+            DomainJoinedDeviceRequired,
+        ]
+        .into_iter()
+        .map(RefusalReason::as_str)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "blocked_by_policy",
+                "resilience_defaults_disabled",
+                "unsupported_control",
+                "mfa_required",
+                "compliant_device_required",
+                "domain_joined_device_required",
+            ]
+        );
+    }
+
+    #[test]
+    fn graph_export_fixture_evaluates() {
+        let fixture = include_str!("../../tests/fixtures/policy/graph_export.json");
+        let set = load(fixture.as_bytes()).unwrap().set;
+        let mut f = facts();
+        f.roles = vec!["62e90394-69f5-4237-9190-012177145e10"];
+        f.app = "c44b4083-3bb0-49c1-b47d-974e53cbdf3c";
+        // An admin without MFA is refused; the report-only block (outside trusted and branch
+        // offices, not iOS/Android) is reported.
+        let Decision::Refuse(refusal) = run(&set, &f) else {
+            panic!("must refuse")
+        };
+        assert_eq!(refusal.reason, MfaRequired);
+        assert_eq!(
+            refusal.report_only,
+            [ReportOnlyResult {
+                policy_id: "7f3e1d2c-0b9a-4c8d-9e7f-6a5b4c3d2e1f".into(),
+                would_refuse: Some(BlockedByPolicy)
+            }]
+        );
+        // From headquarters (trusted) with MFA: allowed, and the report-only block does not apply.
+        f.ip = "203.0.113.7";
+        f.amr = vec!["pwd", "mfa"];
+        let Decision::Allow(allowed) = run(&set, &f) else {
+            panic!("must allow")
+        };
+        assert!(allowed.report_only().is_empty());
+    }
+}
