@@ -254,11 +254,12 @@ pub fn evaluate(
 ) -> Decision {
     let mut report_only = Vec::new();
     let mut refusal: Option<(RefusalReason, &str)> = None;
+    let whereabouts = Whereabouts::of(set, request.client_ip);
     for policy in &set.policies {
         if policy.state == PolicyState::Disabled {
             continue;
         }
-        let outcome = assess(set, policy, request, session);
+        let outcome = assess(policy, &whereabouts, request, session);
         if policy.state == PolicyState::ReportOnly {
             match outcome {
                 Outcome::NotApplied => {}
@@ -290,8 +291,8 @@ pub fn evaluate(
 }
 
 fn assess(
-    set: &PolicySet,
     policy: &Policy,
+    whereabouts: &Whereabouts,
     request: &RequestFacts<'_>,
     session: &SessionFacts<'_>,
 ) -> Outcome {
@@ -301,7 +302,7 @@ fn assess(
     let applies = users(policy, request, session, snapshot)
         .and(applications(policy, request))
         .and(platforms(policy, request))
-        .and(locations(set, policy, request))
+        .and(locations(policy, whereabouts))
         .and(client_apps(policy, request))
         .and(risk(&policy.sign_in_risk, snapshot.map(|s| s.sign_in_risk)))
         .and(risk(&policy.user_risk, snapshot.map(|s| s.user_risk)));
@@ -412,34 +413,63 @@ fn platforms(policy: &Policy, request: &RequestFacts<'_>) -> Tri {
     Tri::included(side(&condition.include), side(&condition.exclude))
 }
 
-fn locations(set: &PolicySet, policy: &Policy, request: &RequestFacts<'_>) -> Tri {
+/// Where the client IP is, computed once per request: a policy set has a few named locations of
+/// many ranges, referenced by many policies, so each policy looks up instead of scanning.
+struct Whereabouts {
+    /// Per named location, in [`PolicySet`] order.
+    in_location: Vec<Tri>,
+    /// In any trusted named location (`AllTrusted`).
+    in_trusted: Tri,
+}
+
+impl Whereabouts {
+    fn of(set: &PolicySet, client_ip: IpAddr) -> Self {
+        let client_ip = client_ip.to_canonical();
+        let in_location: Vec<Tri> = set
+            .locations
+            .iter()
+            .map(|location| match &location.ranges {
+                LocationRanges::Ip(ranges) => {
+                    Tri::from_bool(ranges.iter().any(|r| r.contains(client_ip)))
+                }
+                LocationRanges::Country => Tri::Unknown,
+            })
+            .collect();
+        let in_trusted = set
+            .locations
+            .iter()
+            .zip(&in_location)
+            .filter(|(location, _)| location.trusted)
+            .fold(Tri::No, |acc, (_, inside)| acc.or(*inside));
+        Self {
+            in_location,
+            in_trusted,
+        }
+    }
+}
+
+fn locations(policy: &Policy, whereabouts: &Whereabouts) -> Tri {
     let Some(condition) = &policy.locations else {
         return Tri::Yes;
-    };
-    let in_location = |location: &super::NamedLocation| match &location.ranges {
-        LocationRanges::Ip(ranges) => {
-            Tri::from_bool(ranges.iter().any(|r| r.contains(request.client_ip)))
-        }
-        LocationRanges::Country => Tri::Unknown,
     };
     let side = |selector: &LocationSelector| {
         if selector.all {
             return Tri::Yes;
         }
-        let mut result = Tri::No;
-        if selector.all_trusted {
-            for location in set.locations.iter().filter(|l| l.trusted) {
-                result = result.or(in_location(location));
-            }
-        }
+        let mut result = if selector.all_trusted {
+            whereabouts.in_trusted
+        } else {
+            Tri::No
+        };
         for reference in &selector.locations {
             result = result.or(match reference {
-                LocationRef::Named(index) => set.locations.get(*index).map_or(
-                    // INVARIANT: the loader resolves every reference; a dangling one would be
-                    // a loader bug, and "unknown" keeps it fail-closed.
-                    Tri::Unknown,
-                    in_location,
-                ),
+                // INVARIANT: the loader resolves every reference; a dangling one would be a
+                // loader bug, and "unknown" keeps it fail-closed.
+                LocationRef::Named(index) => whereabouts
+                    .in_location
+                    .get(*index)
+                    .copied()
+                    .unwrap_or(Tri::Unknown),
                 LocationRef::Unevaluable => Tri::Unknown,
             });
         }
