@@ -436,8 +436,8 @@ pub const POLICY_STRING_BYTES_MAX: usize = 256;
 pub const POLICY_UNKNOWN_FIELDS_MAX: usize = 256;
 
 const _: () = {
-    // One list can name every policy's worth of entries Entra allows; a document of the largest
-    // lists still fits the byte bound only roughly, so the byte bound is the one that binds.
-    assert!(POLICY_LIST_ENTRIES_MAX <= NAMED_LOCATION_RANGES_MAX);
+    // Entra's own caps (195 policies, 195 named locations, 2,000 ranges each) fit ours.
+    assert!(POLICIES_MAX >= 195 && NAMED_LOCATIONS_MAX >= 195);
+    assert!(NAMED_LOCATION_RANGES_MAX >= 2_000);
     assert!(POLICY_STRING_BYTES_MAX < POLICY_DOCUMENT_BYTES_MAX);
 };

@@ -2,7 +2,7 @@
 //! path, every size bounded (`limits`), unknown fields reported rather than rejected, and
 //! unsupported controls kept as fail-closed markers with a warning.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -192,7 +192,7 @@ pub fn load(document: &[u8]) -> Result<Loaded, PolicyLoadError> {
         set.locations.push(loader.location(wire, &path)?);
     }
 
-    let mut policy_ids: HashMap<String, ()> = HashMap::new();
+    let mut policy_ids: HashSet<String> = HashSet::new();
     for (i, value) in elements(policies, "conditionalAccessPolicies", POLICIES_MAX)?
         .into_iter()
         .enumerate()
@@ -200,10 +200,7 @@ pub fn load(document: &[u8]) -> Result<Loaded, PolicyLoadError> {
         let path = format!("conditionalAccessPolicies[{i}]");
         let wire: WirePolicy = element(value, &path)?;
         let policy = loader.policy(wire, &path, &location_index, &set.locations)?;
-        if policy_ids
-            .insert(policy.id.to_ascii_lowercase(), ())
-            .is_some()
-        {
+        if !policy_ids.insert(policy.id.to_ascii_lowercase()) {
             return Err(PolicyLoadError::DuplicateId {
                 path: format!("{path}.id"),
                 id: policy.id,
