@@ -16,6 +16,7 @@ pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod policy;
 pub mod revocation;
 pub mod store;
 pub mod token;

@@ -434,3 +434,36 @@ const _: () = {
     // The filter's bitmap index is a u64 and its size a power of two over the event count.
     assert!(REVOCATION_EVENTS.max <= u32::MAX as u64);
 };
+
+// ---------------------------------------------------------------------------------------------
+// Conditional Access policies (issue 6). Fixed: Entra caps a tenant at 195 policies and 195
+// named locations, and a named location at 2,000 IP ranges; ours leave room above those.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one policy document (`{"conditionalAccessPolicies": [...], "namedLocations": [...]}`).
+pub const POLICY_DOCUMENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Conditional Access policies in one document.
+pub const POLICIES_MAX: usize = 512;
+
+/// Named locations in one document.
+pub const NAMED_LOCATIONS_MAX: usize = 512;
+
+/// IP ranges (CIDRs) in one named location.
+pub const NAMED_LOCATION_RANGES_MAX: usize = 2_000;
+
+/// Entries in any one list of a policy (users, groups, apps, locations, risk levels, controls).
+pub const POLICY_LIST_ENTRIES_MAX: usize = 1_024;
+
+/// Bytes of one identifier or display name in a policy document.
+pub const POLICY_STRING_BYTES_MAX: usize = 256;
+
+/// Unknown-field paths kept for the load report; the rest are counted, not listed.
+pub const POLICY_UNKNOWN_FIELDS_MAX: usize = 256;
+
+const _: () = {
+    // Entra's own caps (195 policies, 195 named locations, 2,000 ranges each) fit ours.
+    assert!(POLICIES_MAX >= 195 && NAMED_LOCATIONS_MAX >= 195);
+    assert!(NAMED_LOCATION_RANGES_MAX >= 2_000);
+    assert!(POLICY_STRING_BYTES_MAX < POLICY_DOCUMENT_BYTES_MAX);
+};
