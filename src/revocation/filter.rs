@@ -25,8 +25,8 @@ use crate::limits;
 /// bits (2 to 4 bytes) per subject, so 3 % to 6 % of clean checks look in the exact map.
 const BITS_PER_SUBJECT: usize = 16;
 
-/// Smallest bitmap, in bits (512 bytes): an almost empty filter still probes one word.
-const BITMAP_BITS_MIN: usize = 1 << 12;
+/// Smallest bitmap, in bits: one chunk (4 KiB).
+const BITMAP_BITS_MIN: usize = CHUNK_WORDS * 64;
 
 /// An event keyed by its id, so the id map holds no second copy of the id.
 #[derive(Debug)]
@@ -184,43 +184,48 @@ impl Verdict<'_> {
 }
 
 /// A fixed-size bit array indexed by the low bits of a subject hash. Its size is a power of
-/// two, so the index is a mask.
+/// two, so the index is a mask. It is cut into 4 KiB chunks, each behind its own `Arc`, so
+/// the first write after a snapshot copies one chunk and the chunk table, not the bitmap.
 #[derive(Debug, Clone)]
 struct Bitmap {
-    words: Arc<[u64]>,
+    chunks: Arc<[Arc<[u64]>]>,
     mask: u64,
 }
 
+/// Words per bitmap chunk (4 KiB).
+const CHUNK_WORDS: usize = 512;
+
 impl Bitmap {
-    /// An empty bitmap sized for `subject_count` subjects.
-    fn sized_for(subject_count: usize) -> (Vec<u64>, u64) {
+    /// A bitmap with the bits of `hashes` set, sized for `subject_count` subjects.
+    fn build(subject_count: usize, hashes: impl Iterator<Item = u64>) -> Self {
         let bits = subject_count
             .saturating_mul(BITS_PER_SUBJECT)
             .max(BITMAP_BITS_MIN)
             .checked_next_power_of_two()
             .unwrap_or(1 << (usize::BITS - 1));
-        debug_assert!(bits.is_power_of_two() && bits >= 64);
-        (vec![0_u64; bits / 64], (bits as u64) - 1)
-    }
-
-    /// A bitmap with the bits of `hashes` set, sized for `subject_count` subjects.
-    fn build(subject_count: usize, hashes: impl Iterator<Item = u64>) -> Self {
-        let (mut words, mask) = Self::sized_for(subject_count);
+        debug_assert!(bits.is_power_of_two() && bits.is_multiple_of(CHUNK_WORDS * 64));
+        let mask = (bits as u64) - 1;
+        let mut words = vec![0_u64; bits / 64];
         for hash in hashes {
-            set_bit(&mut words, mask, hash);
+            let bit = hash & mask;
+            let word = words.get_mut((bit >> 6) as usize);
+            debug_assert!(word.is_some(), "mask covers the words");
+            if let Some(word) = word {
+                *word |= 1 << (bit & 63);
+            }
         }
         Bitmap {
-            words: words.into(),
+            chunks: words.chunks(CHUNK_WORDS).map(Arc::from).collect(),
             mask,
         }
     }
 
     fn bit_count(&self) -> usize {
-        self.words.len() * 64
+        self.chunks.len() * CHUNK_WORDS * 64
     }
 
     fn bytes(&self) -> usize {
-        self.words.len() * 8
+        self.chunks.len() * CHUNK_WORDS * 8
     }
 
     /// False means no retained event has this hash's subject. A missing word (impossible by
@@ -228,23 +233,25 @@ impl Bitmap {
     #[inline]
     fn may_contain(&self, hash: u64) -> bool {
         let bit = hash & self.mask;
-        self.words
-            .get((bit >> 6) as usize)
+        let word = (bit >> 6) as usize;
+        self.chunks
+            .get(word / CHUNK_WORDS)
+            .and_then(|chunk| chunk.get(word % CHUNK_WORDS))
             .is_none_or(|word| (word >> (bit & 63)) & 1 == 1)
     }
 
-    /// Sets `hash`'s bit, copying the words first if a snapshot shares them.
+    /// Sets `hash`'s bit, copying its chunk (and the chunk table) first if a snapshot shares
+    /// them.
     fn insert(&mut self, hash: u64) {
-        set_bit(Arc::make_mut(&mut self.words), self.mask, hash);
-    }
-}
-
-fn set_bit(words: &mut [u64], mask: u64, hash: u64) {
-    let bit = hash & mask;
-    let word = words.get_mut((bit >> 6) as usize);
-    debug_assert!(word.is_some(), "mask covers the words");
-    if let Some(word) = word {
-        *word |= 1 << (bit & 63);
+        let bit = hash & self.mask;
+        let word = (bit >> 6) as usize;
+        let chunk = Arc::make_mut(&mut self.chunks).get_mut(word / CHUNK_WORDS);
+        debug_assert!(chunk.is_some(), "mask covers the chunks");
+        if let Some(chunk) = chunk
+            && let Some(word) = Arc::make_mut(chunk).get_mut(word % CHUNK_WORDS)
+        {
+            *word |= 1 << (bit & 63);
+        }
     }
 }
 
