@@ -165,7 +165,9 @@ fn breaker_closes_through_a_probe_when_the_primary_returns() {
     let primary = FakePrimary::start(Behaviour::status(503));
     let tables = primary_table(
         &primary.origin(),
-        "[failover]\nconsecutive_failures_max = 2\nopen_initial_ms = 200\nopen_max_ms = 400",
+        // A probe path of its own, so the probe is told apart from the metadata refresher's
+        // discovery fetches.
+        "probe_path = \"/breaker-probe\"\n[failover]\nconsecutive_failures_max = 2\nopen_initial_ms = 200\nopen_max_ms = 400",
     );
     let server = Backstop::start(
         "workers = 1",
@@ -186,7 +188,7 @@ fn breaker_closes_through_a_probe_when_the_primary_returns() {
         primary
             .seen()
             .iter()
-            .any(|s| s.method == "GET" && s.target == "/.well-known/openid-configuration"),
+            .any(|s| s.method == "GET" && s.target == "/breaker-probe"),
         "no probe reached the primary"
     );
     let reply = get(server.addr, "/x");
