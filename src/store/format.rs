@@ -8,13 +8,13 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::model::{
-    ArtifactDigest, ArtifactKind, ArtifactRecord, DeviceCompliance, RiskLevel, SessionIdentity,
-    SessionSnapshot, TokenTemplate,
+    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, DeviceCompliance,
+    RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
 };
 
 /// Format version written in the `FORMAT` file, every WAL header and every segment header.
 /// A directory or file with a larger one is refused (written by a newer backstop).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Alignment of every archived record: rkyv's `AlignedVec` alignment, a multiple of the
 /// largest alignment in these types (8, for `i64`).
@@ -43,6 +43,8 @@ pub struct DiskTemplate {
     pub alg: String,
     /// JOSE `typ`.
     pub typ: String,
+    /// `nbf - iat` as the primary issued it.
+    pub nbf_offset_secs: i32,
 }
 
 /// A session snapshot on disk. Field order is the layout; see the format log before editing.
@@ -109,6 +111,18 @@ pub struct DiskArtifact {
     pub device: String,
     /// App.
     pub app: String,
+    /// Resource a request naming none means.
+    pub resource: String,
+    /// Refresh-token family.
+    pub family: String,
+    /// `ClientAuthMethod` code.
+    pub client_auth: u8,
+    /// `ArtifactState` code.
+    pub state: u8,
+    /// Successor digest when superseded, zero otherwise.
+    pub successor: [u8; 32],
+    /// When the state last changed, unix seconds.
+    pub state_changed_at_secs: i64,
     /// Issued at, unix seconds.
     pub issued_at_secs: i64,
     /// Expires at, unix seconds.
@@ -160,6 +174,7 @@ fn template_to_disk(t: &TokenTemplate) -> DiskTemplate {
         lifetime_secs: t.lifetime_secs,
         alg: t.alg.clone(),
         typ: t.typ.clone(),
+        nbf_offset_secs: t.nbf_offset_secs,
     }
 }
 
@@ -170,6 +185,7 @@ fn template_from_archived(t: &ArchivedDiskTemplate) -> TokenTemplate {
         lifetime_secs: t.lifetime_secs.to_native(),
         alg: t.alg.as_str().to_owned(),
         typ: t.typ.as_str().to_owned(),
+        nbf_offset_secs: t.nbf_offset_secs.to_native(),
     }
 }
 
@@ -184,6 +200,7 @@ fn template_into_disk(t: TokenTemplate) -> DiskTemplate {
         lifetime_secs: t.lifetime_secs,
         alg: t.alg,
         typ: t.typ,
+        nbf_offset_secs: t.nbf_offset_secs,
     }
 }
 
@@ -303,6 +320,15 @@ impl DiskArtifact {
             user: a.user.clone(),
             device: a.device.clone(),
             app: a.app.clone(),
+            resource: a.resource.clone(),
+            family: a.family.clone(),
+            client_auth: a.client_auth.code(),
+            state: a.state.code(),
+            successor: match a.state {
+                ArtifactState::Superseded { successor } => successor.0,
+                ArtifactState::Current | ArtifactState::Revoked => [0; 32],
+            },
+            state_changed_at_secs: a.state_changed_at_secs,
             issued_at_secs: a.issued_at_secs,
             expires_at_secs: a.expires_at_secs,
         }
@@ -321,6 +347,17 @@ impl ArchivedDiskArtifact {
         self.expires_at_secs.to_native()
     }
 
+    /// The record's state. An unknown state byte reads as `Revoked` (fail closed).
+    pub fn state(&self) -> ArtifactState {
+        match self.state {
+            0 => ArtifactState::Current,
+            1 => ArtifactState::Superseded {
+                successor: ArtifactDigest(self.successor),
+            },
+            _ => ArtifactState::Revoked,
+        }
+    }
+
     /// Copies the record out into a domain value. `None` if the kind byte names no kind.
     pub fn to_record(&self) -> Option<ArtifactRecord> {
         Some(ArtifactRecord {
@@ -330,6 +367,11 @@ impl ArchivedDiskArtifact {
             user: self.user.as_str().to_owned(),
             device: self.device.as_str().to_owned(),
             app: self.app.as_str().to_owned(),
+            resource: self.resource.as_str().to_owned(),
+            family: self.family.as_str().to_owned(),
+            client_auth: ClientAuthMethod::from_code(self.client_auth),
+            state: self.state(),
+            state_changed_at_secs: self.state_changed_at_secs.to_native(),
             issued_at_secs: self.issued_at_secs.to_native(),
             expires_at_secs: self.expires_at_secs.to_native(),
         })

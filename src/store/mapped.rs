@@ -343,6 +343,12 @@ mod tests {
             user: "u".into(),
             device: "d".into(),
             app: "a".into(),
+            resource: "r".into(),
+            family: "f".into(),
+            client_auth: 1,
+            state: 0,
+            successor: [0; 32],
+            state_changed_at_secs: 0,
             issued_at_secs: 1,
             expires_at_secs: 2,
         };

@@ -57,6 +57,9 @@ pub struct TokenTemplate {
     pub alg: String,
     /// JOSE `typ` header the primary used (`at+jwt`, `JWT`), empty if absent.
     pub typ: String,
+    /// `nbf - iat` as the primary issued it (0 when it had no `nbf`; often negative for clock
+    /// skew allowance), so a minted token keeps the same shape.
+    pub nbf_offset_secs: i32,
 }
 
 /// The template carried `iat`.
@@ -192,8 +195,88 @@ pub struct ArtifactRecord {
     pub device: String,
     /// Application of the session.
     pub app: String,
+    /// The resource a refresh request that names none means: the resource of the session
+    /// captured with the response that issued this credential. Empty when unknown.
+    pub resource: String,
+    /// Refresh-token family: an id given when a grant is first captured and carried through
+    /// every rotation (the device identity of last resort, and the revocation subject
+    /// "session"). Empty for kinds without families.
+    pub family: String,
+    /// How the client authenticated to the primary when this credential was issued.
+    pub client_auth: ClientAuthMethod,
+    /// Whether this credential is still the one to present.
+    pub state: ArtifactState,
+    /// When `state` last changed (superseded or revoked), unix seconds; 0 while current.
+    pub state_changed_at_secs: i64,
     /// When the primary issued the credential, unix seconds.
     pub issued_at_secs: i64,
     /// When this record stops being servable, unix seconds.
     pub expires_at_secs: i64,
+}
+
+/// Client authentication method a client used at the primary's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAuthMethod {
+    /// Not recorded (records written before format 2, or kinds without clients).
+    Unknown,
+    /// A public client: `client_id` only.
+    None,
+    /// `client_secret_basic`.
+    SecretBasic,
+    /// `client_secret_post`.
+    SecretPost,
+    /// `private_key_jwt` / `client_secret_jwt` (an assertion).
+    JwtAssertion,
+}
+
+impl ClientAuthMethod {
+    /// The byte that stands for this method on disk.
+    pub const fn code(self) -> u8 {
+        match self {
+            ClientAuthMethod::Unknown => 0,
+            ClientAuthMethod::None => 1,
+            ClientAuthMethod::SecretBasic => 2,
+            ClientAuthMethod::SecretPost => 3,
+            ClientAuthMethod::JwtAssertion => 4,
+        }
+    }
+
+    /// The method for an on-disk byte; unknown bytes read as `Unknown` (fail closed: the
+    /// outage path serves no client whose method it does not know).
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            1 => ClientAuthMethod::None,
+            2 => ClientAuthMethod::SecretBasic,
+            3 => ClientAuthMethod::SecretPost,
+            4 => ClientAuthMethod::JwtAssertion,
+            _ => ClientAuthMethod::Unknown,
+        }
+    }
+}
+
+/// Lifecycle of an artifact (DESIGN §3: a rotation replaces the digest; an older refresh
+/// token never works at the backup, and is answered `invalid_grant` as the primary would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArtifactState {
+    /// The latest credential the primary issued for its session.
+    Current,
+    /// Rotated out by the primary; `successor` is the digest of the credential that replaced
+    /// it (followed to revoke the whole family when the primary refuses a rotated-out token).
+    Superseded {
+        /// Digest of the replacing credential.
+        successor: ArtifactDigest,
+    },
+    /// Refused by the primary (`invalid_grant`) or revoked by an operator.
+    Revoked,
+}
+
+impl ArtifactState {
+    /// The byte that stands for this state on disk (the successor is stored beside it).
+    pub const fn code(self) -> u8 {
+        match self {
+            ArtifactState::Current => 0,
+            ArtifactState::Superseded { .. } => 1,
+            ArtifactState::Revoked => 2,
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! hundred bytes) so measurements and crash tests exercise real record shapes.
 
 use super::model::{
-    ArtifactDigest, ArtifactKind, ArtifactRecord, DeviceCompliance, RiskLevel, SessionIdentity,
-    SessionSnapshot, TIME_CLAIM_EXP, TIME_CLAIM_IAT, TIME_CLAIM_JTI, TokenTemplate,
+    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
+    DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, TIME_CLAIM_EXP, TIME_CLAIM_IAT,
+    TIME_CLAIM_JTI, TokenTemplate,
 };
 
 /// The identity of sample session `i`.
@@ -49,6 +50,7 @@ pub fn sample_snapshot(i: u64, expires_at_secs: i64) -> SessionSnapshot {
             lifetime_secs: 3600,
             alg: "RS256".into(),
             typ: "at+jwt".into(),
+            nbf_offset_secs: 0,
         },
         id_token: Some(TokenTemplate {
             claims_json: idt.into_bytes(),
@@ -56,6 +58,7 @@ pub fn sample_snapshot(i: u64, expires_at_secs: i64) -> SessionSnapshot {
             lifetime_secs: 3600,
             alg: "RS256".into(),
             typ: "JWT".into(),
+            nbf_offset_secs: 0,
         }),
         scopes: vec!["openid".into(), "read".into(), "write".into()],
         token_type: "Bearer".into(),
@@ -72,6 +75,11 @@ pub fn sample_artifact(i: u64, digest: ArtifactDigest, expires_at_secs: i64) -> 
         user: id.user,
         device: id.device,
         app: id.app,
+        resource: id.resource,
+        family: format!("family-{i:016x}"),
+        client_auth: ClientAuthMethod::None,
+        state: ArtifactState::Current,
+        state_changed_at_secs: 0,
         issued_at_secs: 1_700_000_000,
         expires_at_secs,
     }
