@@ -62,6 +62,32 @@ pub enum AuditEvent {
         /// The request path (never its query string).
         path: String,
     },
+    /// The backup answered a token request (served or refused). Identifiers only: never a
+    /// token, cookie or secret.
+    BackupDecision {
+        /// `w{worker}-{n}`: unique within this process run.
+        request_id: String,
+        /// The worker.
+        worker: usize,
+        /// The grant type as sent.
+        grant_type: String,
+        /// `client_id`, when known.
+        client: String,
+        /// The session's user, once the refresh token's record was found.
+        user: String,
+        /// The session's routing key (keyed hash, hex), once known.
+        session_key: String,
+        /// `served` or `refused`.
+        decision: &'static str,
+        /// `served`, or the machine reason of the refusal.
+        reason: &'static str,
+        /// Why the backup answered: `breaker_open`, `forced_outage`, or the upstream failure.
+        cause: &'static str,
+        /// The primary may have acted on the request before failing (DESIGN §1 hazard).
+        ambiguous: bool,
+        /// Time from request head to decision, microseconds.
+        latency_us: u64,
+    },
 }
 
 /// Limits of the audit log.

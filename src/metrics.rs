@@ -26,6 +26,8 @@ pub enum Route {
     Discovery,
     /// The merged JWKS, served from backstop's cache.
     Jwks,
+    /// The primary's token endpoint: forwarded and recorded, or answered by the backup.
+    Token,
     /// Forwarded to the primary (everything backstop does not answer itself).
     Proxy,
     /// The admin API (served on its own listener).
@@ -34,12 +36,13 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 8] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::Discovery,
         Route::Jwks,
+        Route::Token,
         Route::Proxy,
         Route::Admin,
     ];
@@ -52,6 +55,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Discovery => "discovery",
             Route::Jwks => "jwks",
+            Route::Token => "token",
             Route::Proxy => "proxy",
             Route::Admin => "admin",
         }
@@ -210,6 +214,35 @@ impl OutageRefusal {
 
 const REFUSAL_COUNT: usize = OutageRefusal::ALL.len();
 
+/// Why a token request was answered by the backup: the `cause` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupCause {
+    /// The worker's breaker was open or half-open.
+    BreakerOpen,
+    /// The operator forced outage mode.
+    Forced,
+    /// Forwarding this request failed.
+    UpstreamFailed,
+}
+
+impl BackupCause {
+    const ALL: [BackupCause; 3] = [
+        BackupCause::BreakerOpen,
+        BackupCause::Forced,
+        BackupCause::UpstreamFailed,
+    ];
+
+    const fn label(self) -> &'static str {
+        match self {
+            BackupCause::BreakerOpen => "breaker_open",
+            BackupCause::Forced => "forced_outage",
+            BackupCause::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+const BACKUP_REFUSAL_COUNT: usize = crate::gateway::outage::Refusal::ALL.len();
+
 /// Breaker states by published code (see `server::gate`): closed, open, half-open.
 const BREAKER_STATE_LABELS: [&str; 3] = ["closed", "open", "half_open"];
 
@@ -254,6 +287,14 @@ pub struct WorkerMetrics {
     upstream_ambiguous: Cell,
     outage_refusals: [Cell; REFUSAL_COUNT],
     breaker_transitions: [Cell; BREAKER_STATE_LABELS.len()],
+    upstream_latency_buckets: [Cell; BUCKET_COUNT],
+    upstream_latency_sum_us: Cell,
+    token_forwarded: Cell,
+    token_rejected: Cell,
+    backup_requests: [Cell; 3],
+    backup_ambiguous: Cell,
+    backup_served: Cell,
+    backup_refusals: [Cell; BACKUP_REFUSAL_COUNT],
 }
 
 impl Default for WorkerMetrics {
@@ -269,6 +310,14 @@ impl Default for WorkerMetrics {
             upstream_ambiguous: Cell::default(),
             outage_refusals: cells(),
             breaker_transitions: cells(),
+            upstream_latency_buckets: cells(),
+            upstream_latency_sum_us: Cell::default(),
+            token_forwarded: Cell::default(),
+            token_rejected: Cell::default(),
+            backup_requests: cells(),
+            backup_ambiguous: Cell::default(),
+            backup_served: Cell::default(),
+            backup_refusals: cells(),
         }
     }
 }
@@ -342,6 +391,51 @@ impl WorkerMetrics {
         }
     }
 
+    /// Records how long the primary took to answer (or fail) a forwarded token request.
+    pub fn upstream_latency(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKET_COUNT - 1);
+        if let Some(c) = self.upstream_latency_buckets.get(bucket) {
+            c.add(1);
+        }
+        self.upstream_latency_sum_us.add(us);
+    }
+
+    /// A token request answered by the primary (normal mode).
+    pub fn token_forwarded(&self) {
+        self.token_forwarded.add(1);
+    }
+
+    /// A token request refused by backstop's own parse before any mode applied.
+    pub fn token_rejected(&self) {
+        self.token_rejected.add(1);
+    }
+
+    /// A token request handed to the backup, and why.
+    pub fn backup_request(&self, cause: BackupCause, ambiguous: bool) {
+        if let Some(c) = self.backup_requests.get(cause as usize) {
+            c.add(1);
+        }
+        if ambiguous {
+            self.backup_ambiguous.add(1);
+        }
+    }
+
+    /// The backup served a token.
+    pub fn backup_served(&self) {
+        self.backup_served.add(1);
+    }
+
+    /// The backup refused, and why.
+    pub fn backup_refused(&self, reason: crate::gateway::outage::Refusal) {
+        if let Some(c) = self.backup_refusals.get(reason.index()) {
+            c.add(1);
+        }
+    }
+
     /// Requests answered by this worker, all routes and statuses.
     pub fn requests_total(&self) -> u64 {
         self.requests.iter().flatten().map(Cell::get).sum()
@@ -382,6 +476,86 @@ impl Registry {
 
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.all().map(f).sum()
+    }
+
+    fn render_token(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP backstop_token_requests_total Token endpoint requests by mode and outcome."
+        )?;
+        writeln!(out, "# TYPE backstop_token_requests_total counter")?;
+        let served = self.sum(|w| w.backup_served.get());
+        let refused: u64 = self.sum(|w| w.backup_refusals.iter().map(Cell::get).sum());
+        for (mode, outcome, n) in [
+            ("normal", "forwarded", self.sum(|w| w.token_forwarded.get())),
+            ("normal", "rejected", self.sum(|w| w.token_rejected.get())),
+            ("outage", "served", served),
+            ("outage", "refused", refused),
+        ] {
+            writeln!(
+                out,
+                "backstop_token_requests_total{{mode=\"{mode}\",outcome=\"{outcome}\"}} {n}"
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_backup_requests_total Token requests answered by the backup, by why the primary was not used."
+        )?;
+        writeln!(out, "# TYPE backstop_backup_requests_total counter")?;
+        for cause in BackupCause::ALL {
+            let n = self.sum(|w| w.backup_requests.get(cause as usize).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_backup_requests_total{{cause=\"{}\"}} {n}",
+                cause.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_backup_ambiguous_total Backup answers after a failure the primary may have acted on (DESIGN §1 hazard)."
+        )?;
+        writeln!(out, "# TYPE backstop_backup_ambiguous_total counter")?;
+        writeln!(
+            out,
+            "backstop_backup_ambiguous_total {}",
+            self.sum(|w| w.backup_ambiguous.get())
+        )?;
+        writeln!(
+            out,
+            "# HELP backstop_backup_refusals_total Backup refusals, by reason."
+        )?;
+        writeln!(out, "# TYPE backstop_backup_refusals_total counter")?;
+        for reason in crate::gateway::outage::Refusal::ALL {
+            let n = self.sum(|w| w.backup_refusals.get(reason.index()).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_backup_refusals_total{{reason=\"{}\"}} {n}",
+                reason.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_upstream_latency_seconds Time for the primary to answer a forwarded token request."
+        )?;
+        writeln!(out, "# TYPE backstop_upstream_latency_seconds histogram")?;
+        let mut cumulative = 0;
+        for i in 0..BUCKET_COUNT {
+            cumulative += self.sum(|w| w.upstream_latency_buckets.get(i).map_or(0, Cell::get));
+            let le = LATENCY_BUCKETS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |us| format_seconds(*us));
+            writeln!(
+                out,
+                "backstop_upstream_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            )?;
+        }
+        writeln!(
+            out,
+            "backstop_upstream_latency_seconds_sum {}",
+            format_seconds(self.sum(|w| w.upstream_latency_sum_us.get()))
+        )?;
+        writeln!(out, "backstop_upstream_latency_seconds_count {cumulative}")?;
+        Ok(())
     }
 
     /// Renders the Prometheus text exposition of every counter, summed over workers.
@@ -546,6 +720,7 @@ impl Registry {
             "backstop_upstream_ambiguous_failures_total {}",
             self.sum(|w| w.upstream_ambiguous.get())
         )?;
+        self.render_token(out)?;
         writeln!(
             out,
             "# HELP backstop_outage_refusals_total Requests refused with 503 because the primary could not be used, by reason."

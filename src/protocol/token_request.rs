@@ -142,7 +142,8 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    fn new(code: OAuthError, description: impl Into<String>) -> Self {
+    /// An error with this code and a description safe to send back.
+    pub fn new(code: OAuthError, description: impl Into<String>) -> Self {
         Self {
             code,
             description: description.into(),

@@ -112,7 +112,7 @@ pub(crate) fn accept_discovery(raw: &[u8], issuer: &str) -> Result<Discovery, Di
 }
 
 /// `scheme://authority` of the issuer URL.
-fn issuer_origin(issuer: &str) -> String {
+pub(crate) fn issuer_origin(issuer: &str) -> String {
     match issuer.parse::<Uri>() {
         Ok(uri) => match (uri.scheme_str(), uri.authority()) {
             (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
@@ -165,6 +165,7 @@ pub(crate) async fn refresh_forever(
     issuer: String,
     ours: Vec<PublicJwk>,
     published: Arc<ArcSwap<Metadata>>,
+    cache_dir: std::path::PathBuf,
     now_secs: impl Fn() -> u64,
 ) {
     let issuer_uri: Uri = match issuer.parse() {
@@ -178,19 +179,46 @@ pub(crate) async fn refresh_forever(
         failures: 0,
     };
     let mut keys = RemoteJwks::new(CachePolicy::default());
+    // What the last run fetched: served at once, so a restart during an outage still knows
+    // the token endpoint and still publishes the primary's keys. Both are re-checked exactly
+    // as a fetch would be, and both are refetched as soon as the primary answers.
+    let mut changed = false;
+    if let Some(raw) = read_cached(&cache_dir, DISCOVERY_CACHE_FILE) {
+        match accept_discovery(&raw, &issuer) {
+            Ok(d) => {
+                discovery = Some(d);
+                changed = true;
+            }
+            Err(e) => tracing::warn!(error = %e, "cached discovery document ignored"),
+        }
+    }
+    if discovery.is_some()
+        && let Some(raw) = read_cached(&cache_dir, JWKS_CACHE_FILE)
+    {
+        // Fetched "at time 0": stale at once, so the first poll refetches it.
+        if let Err(e) = keys.on_fetched(&raw, 0) {
+            tracing::warn!(error = %e, "cached primary JWKS ignored");
+        }
+    }
     let mut interval = tokio::time::interval(REFRESH_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if changed && let Some(d) = discovery.as_ref() {
+            publish(&published, &discovery_path, d, &keys, &ours);
+        }
         interval.tick().await;
         let now = now_secs();
-        let mut changed = false;
+        changed = false;
 
         if schedule.due(now) {
             match upstream.fetch_as_issuer(&discovery_path, &issuer_uri).await {
                 Ok(raw) => match accept_discovery(&raw, &issuer) {
                     Ok(d) => {
                         schedule.succeeded(now);
-                        changed |= discovery.as_ref() != Some(&d);
+                        if discovery.as_ref() != Some(&d) {
+                            changed = true;
+                            write_cached(&cache_dir, DISCOVERY_CACHE_FILE, &raw);
+                        }
                         discovery = Some(d);
                     }
                     Err(e) => {
@@ -216,6 +244,7 @@ pub(crate) async fn refresh_forever(
                 Ok(raw) => match keys.on_fetched(&raw, now) {
                     Ok(skipped) => {
                         changed = true;
+                        write_cached(&cache_dir, JWKS_CACHE_FILE, &raw);
                         for s in skipped {
                             tracing::warn!(?s, "primary JWKS key skipped");
                         }
@@ -235,27 +264,83 @@ pub(crate) async fn refresh_forever(
         }
 
         if changed {
-            let primary_keys = keys.keys();
-            let jwks = primary_keys.as_ref().map(|set| {
-                let merged = jwks::merge(&ours, set);
-                for kid in &merged.refused_kids {
-                    tracing::error!(
-                        kid,
-                        "primary key uses one of backstop's kids; not published"
-                    );
-                }
-                Bytes::from(merged.document)
-            });
-            published.store(Arc::new(Metadata {
-                discovery_path: discovery_path.clone(),
-                discovery: Some(d.document.clone()),
-                jwks_path: Some(d.jwks_path.clone()),
-                jwks,
-                primary_keys,
-                token_path: d.token_path.clone(),
-            }));
             tracing::info!("primary metadata refreshed");
         }
+    }
+}
+
+/// Where the last fetched documents are kept, under the data directory.
+pub(crate) const CACHE_DIR: &str = "primary-metadata";
+const DISCOVERY_CACHE_FILE: &str = "openid-configuration.json";
+const JWKS_CACHE_FILE: &str = "jwks.json";
+
+fn publish(
+    published: &ArcSwap<Metadata>,
+    discovery_path: &str,
+    d: &Discovery,
+    keys: &RemoteJwks,
+    ours: &[PublicJwk],
+) {
+    let primary_keys = keys.keys();
+    let jwks = primary_keys.as_ref().map(|set| {
+        let merged = jwks::merge(ours, set);
+        for kid in &merged.refused_kids {
+            tracing::error!(
+                kid,
+                "primary key uses one of backstop's kids; not published"
+            );
+        }
+        Bytes::from(merged.document)
+    });
+    published.store(Arc::new(Metadata {
+        discovery_path: discovery_path.to_string(),
+        discovery: Some(d.document.clone()),
+        jwks_path: Some(d.jwks_path.clone()),
+        jwks,
+        primary_keys,
+        token_path: d.token_path.clone(),
+    }));
+}
+
+/// A cached document, if present and within the size bound. Errors are logged, never fatal:
+/// the cache only saves waiting for the primary.
+fn read_cached(dir: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let path = dir.join(name);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > crate::limits::UPSTREAM_BUFFERED_BODY_BYTES_MAX as u64 => {
+            tracing::warn!(path = %path.display(), "cached primary metadata too large; ignored");
+            None
+        }
+        Ok(_) => match std::fs::read(&path) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read cached primary metadata");
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read cached primary metadata");
+            None
+        }
+    }
+}
+
+/// Replaces a cached document atomically (temp file, fsync, rename, directory fsync), so a
+/// crash leaves the old or the new document, never a torn one.
+fn write_cached(dir: &std::path::Path, name: &str, raw: &[u8]) {
+    use std::io::Write as _;
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(raw)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot cache primary metadata");
     }
 }
 

@@ -11,10 +11,12 @@
 #![allow(clippy::disallowed_methods)]
 
 pub(crate) mod admin;
+pub(crate) mod capture;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod metadata;
 pub(crate) mod router;
+pub(crate) mod token;
 pub(crate) mod upstream;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -76,6 +78,9 @@ pub enum ServerError {
     /// The client to the primary could not be configured.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The session store could not be opened.
+    #[error("session store in `data_dir`: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A worker thread ended abnormally.
     #[error("worker thread {index} failed: {reason}")]
     Worker {
@@ -107,6 +112,14 @@ pub(crate) struct Shared {
     pub(crate) metadata: Arc<arc_swap::ArcSwap<metadata::Metadata>>,
     /// The audit log's queue.
     pub(crate) audit: crate::audit::AuditSink,
+    /// The session store (snapshots and artifacts).
+    pub(crate) store: Arc<crate::store::Store>,
+    /// Every algorithm's signing keyring (each worker builds its own minters from them).
+    pub(crate) keyrings: Vec<crate::token::keyring::Keyring>,
+    /// DPoP proof `jti`s seen by any worker (a replay on another worker is still a replay).
+    pub(crate) dpop_replay: std::sync::Mutex<crate::token::dpop::ReplayCache>,
+    /// Policy and revocation checks of the outage path.
+    pub(crate) checks: Box<dyn crate::gateway::outage::OutageChecks>,
 }
 
 /// Unix milliseconds from the wall clock, for audit records.
@@ -185,6 +198,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
     // Every algorithm's keyring exists from the first start: a backup token is signed with the
     // algorithm the primary used for it, so any of them may be needed (DESIGN §7).
     let mut published_keys = Vec::new();
+    let mut keyrings = Vec::new();
     for alg in crate::token::alg::SigningAlg::ALL {
         let ring = crate::token::keyring::Keyring::load_or_generate(
             &config.data_dir,
@@ -192,7 +206,14 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
             unix_now_secs(),
         )?;
         published_keys.extend(ring.published());
+        keyrings.push(ring);
     }
+    let store = Arc::new(crate::store::Store::open(
+        &config.data_dir,
+        crate::store::StoreOpts::background(Arc::new(|| {
+            i64::try_from(unix_now_secs()).unwrap_or(i64::MAX)
+        })),
+    )?);
     let issuer = config
         .issuer
         .clone()
@@ -210,6 +231,12 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         published_keys,
         metadata,
         audit,
+        store,
+        keyrings,
+        dpop_replay: std::sync::Mutex::new(crate::token::dpop::ReplayCache::new(
+            usize::try_from(crate::limits::DPOP_REPLAY_ENTRIES.default).unwrap_or(1 << 20),
+        )),
+        checks: Box::new(crate::gateway::outage::AllowAll),
         mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
         breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
         tls,
@@ -335,6 +362,7 @@ async fn control_main(
                 listener: Listener::Admin,
                 worker: None,
                 gate: None,
+                backup: None,
             };
             Some(tokio::task::spawn_local(accept_loop(
                 listener, ctx, stop_rx,
@@ -351,6 +379,7 @@ async fn control_main(
         shared.issuer.clone(),
         shared.published_keys.clone(),
         shared.metadata.clone(),
+        shared.config.data_dir.join(metadata::CACHE_DIR),
         unix_now_secs,
     ));
 
@@ -422,11 +451,17 @@ fn worker_main(
             upstream::Upstream::new(&shared.config.primary, &shared.issuer, shared.tls.clone())?;
         let gate = Rc::new(Gate::new(upstream, shared.clone(), index));
         let ticker = tokio::task::spawn_local(gate.clone().run_ticker());
+        let minters = crate::gateway::outage::Minters::new(
+            &shared.keyrings,
+            crate::token::sign::Ed25519Backend::AwsLc,
+        )
+        .map_err(ServerError::Keys)?;
         let ctx = HandlerCtx {
             shared,
             listener: Listener::Public,
             worker: Some(index),
             gate: Some(gate),
+            backup: Some(token::WorkerBackup::new(minters)),
         };
         accept_loop(listener, ctx, stop).await;
         ticker.abort();

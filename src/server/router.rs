@@ -42,6 +42,8 @@ pub(crate) struct HandlerCtx {
     pub(crate) worker: Option<usize>,
     /// This worker's failover gate; `None` on the admin listener.
     pub(crate) gate: Option<Rc<Gate>>,
+    /// This worker's backup signers; `None` on the admin listener.
+    pub(crate) backup: Option<super::token::WorkerBackup>,
 }
 
 impl HandlerCtx {
@@ -68,11 +70,11 @@ pub(crate) async fn handle(
 ) -> Result<Reply, Infallible> {
     phase.request_started();
     let started = Instant::now();
-    let (route, mut reply) = front_door(req, &ctx, &peer_ip).await;
-    // After a refusal of our own (bad body, timeout, too large) the rest of this connection's
-    // input cannot be trusted to start a new request. A primary's 400 passed through is an
-    // answer, not a framing problem: that connection stays open.
-    if matches!(reply.body(), Either::Left(_)) && must_close(reply.status()) {
+    let (route, mut reply, framing_refused) = front_door(req, &ctx, &peer_ip).await;
+    // After a refusal of the front door (bad body, timeout, too large) the rest of this
+    // connection's input cannot be trusted to start a new request. Any other answer (a token
+    // endpoint error, a primary's 400 passed through) leaves the connection open.
+    if framing_refused {
         reply
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -90,18 +92,11 @@ pub(crate) async fn handle(
     Ok(reply)
 }
 
-fn must_close(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
-    )
-}
-
 async fn front_door(
     req: Request<Incoming>,
     ctx: &HandlerCtx,
     peer_ip: &HeaderValue,
-) -> (Route, Reply) {
+) -> (Route, Reply, bool) {
     let limits = &ctx.shared.config.limits;
     let (parts, body) = req.into_parts();
     let target_bytes = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -112,19 +107,23 @@ async fn front_door(
     if target_bytes > limits.request_line_bytes_max {
         return (
             route,
-            text(StatusCode::URI_TOO_LONG, "request target too long\n"),
+            front_door_refusal(route, StatusCode::URI_TOO_LONG, "request target too long"),
+            true,
         );
     }
     let body = match read_body(&parts.headers, body, limits, body_limit(ctx)).await {
         Ok(body) => body,
-        Err(reply) => return (route, reply),
+        Err((status, message)) => {
+            return (route, front_door_refusal(route, status, &message), true);
+        }
     };
     let reply = match (ctx.listener, route) {
         (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared),
+        (Listener::Public, Route::Token) => super::token::handle(parts, body, peer_ip, ctx).await,
         (Listener::Public, Route::Proxy) => proxy(parts, body, peer_ip, ctx).await,
         (Listener::Public, _) => public(route, &parts.method, ctx),
     };
-    (route, reply)
+    (route, reply, false)
 }
 
 fn body_limit(ctx: &HandlerCtx) -> u64 {
@@ -134,13 +133,31 @@ fn body_limit(ctx: &HandlerCtx) -> u64 {
     }
 }
 
-/// Reads a whole request body, at most `max_bytes` and within the body-read timeout.
+/// A refusal of the front door: plain text, except at the token endpoint, whose clients parse
+/// RFC 6749 JSON errors (`invalid_request`, with the HTTP status that names the limit).
+fn front_door_refusal(route: Route, status: StatusCode, message: &str) -> Reply {
+    if route == Route::Token {
+        let mut reply = json(
+            status,
+            OAuthError::InvalidRequest.to_json(message).into_bytes(),
+        );
+        reply
+            .headers_mut()
+            .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        reply
+    } else {
+        text(status, &format!("{message}\n"))
+    }
+}
+
+/// Reads a whole request body, at most `max_bytes` and within the body-read timeout; on
+/// failure, the status and message to refuse with.
 async fn read_body(
     headers: &hyper::HeaderMap,
     body: Incoming,
     limits: &HttpLimits,
     max_bytes: u64,
-) -> Result<Bytes, Reply> {
+) -> Result<Bytes, (StatusCode, String)> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok());
@@ -160,20 +177,20 @@ async fn read_body(
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(limits.body_read_timeout, collect).await {
-        Err(_elapsed) => Err(text(
+        Err(_elapsed) => Err((
             StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time\n",
+            "request body not received in time".into(),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max_bytes)),
-        Ok(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "malformed request body\n")),
+        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "malformed request body".into())),
     }
 }
 
-fn too_large(max_bytes: u64) -> Reply {
-    text(
+fn too_large(max_bytes: u64) -> (StatusCode, String) {
+    (
         StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("request body larger than {max_bytes} bytes\n"),
+        format!("request body larger than {max_bytes} bytes"),
     )
 }
 
@@ -190,6 +207,8 @@ fn public_route(path: &str, metadata: &arc_swap::ArcSwap<Metadata>) -> Route {
             } else if metadata.jwks_path.as_deref() == Some(path) && metadata.jwks.is_some() {
                 // Served from the cache once it holds it; until then the primary answers.
                 Route::Jwks
+            } else if metadata.token_path.as_deref() == Some(path) {
+                Route::Token
             } else {
                 Route::Proxy
             }
@@ -255,7 +274,7 @@ async fn proxy(
     }
 }
 
-fn outcome_of(failure: UpstreamFailure) -> UpstreamOutcome {
+pub(crate) fn outcome_of(failure: UpstreamFailure) -> UpstreamOutcome {
     match failure {
         UpstreamFailure::Connect => UpstreamOutcome::Connect,
         UpstreamFailure::Unavailable => UpstreamOutcome::Unavailable,
@@ -325,7 +344,7 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
-        Route::Proxy | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Token | Route::Proxy | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 

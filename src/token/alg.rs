@@ -70,12 +70,15 @@ impl SigningAlg {
 
     /// Parses a CLI or config spelling (`EdDSA`, `Ed25519`, `ES256`, `RS256`, any case).
     pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_uppercase().as_str() {
-            "EDDSA" | "ED25519" => Some(Self::EdDsa),
-            "ES256" => Some(Self::Es256),
-            "RS256" => Some(Self::Rs256),
-            _ => None,
-        }
+        // No allocation: this runs per minted token (the stored template names its alg).
+        [
+            ("EdDSA", Self::EdDsa),
+            ("Ed25519", Self::EdDsa),
+            ("ES256", Self::Es256),
+            ("RS256", Self::Rs256),
+        ]
+        .into_iter()
+        .find_map(|(n, alg)| n.eq_ignore_ascii_case(name).then_some(alg))
     }
 
     /// Stable one-byte code for storage in a template's metadata.

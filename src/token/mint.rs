@@ -128,6 +128,34 @@ impl TemplateMeta {
         out
     }
 
+    /// The meta of a template as the store keeps it (`store::TokenTemplate`'s fields): the
+    /// time-claim bit set, the primary's `typ` and `alg` names, lifetime and `nbf` offset.
+    /// Fails closed on a name or bit this build does not know.
+    pub fn from_stored(
+        time_claims: u8,
+        typ: &str,
+        alg: &str,
+        lifetime_secs: u32,
+        nbf_offset_secs: i32,
+    ) -> Result<Self, TemplateError> {
+        Ok(Self {
+            time_claims: TimeClaims::from_bits(time_claims)
+                .ok_or(TemplateError::Meta { field: "flags" })?,
+            typ: match typ {
+                "" => None,
+                t => Some(Typ::from_header(t).ok_or(TemplateError::Meta { field: "typ" })?),
+            },
+            alg: SigningAlg::from_name(alg).ok_or(TemplateError::Meta { field: "alg" })?,
+            lifetime_secs,
+            nbf_offset_secs,
+        })
+    }
+
+    /// The time-claim bit set as the store keeps it (`store::model::TIME_CLAIM_*`).
+    pub fn time_claim_bits(&self) -> u8 {
+        self.time_claims.bits()
+    }
+
     /// Decodes [`TemplateMeta::to_bytes`].
     pub fn from_bytes(b: &[u8; Self::BYTES]) -> Result<Self, TemplateError> {
         let [v, flags, typ, alg, l0, l1, l2, l3, n0, n1, n2, n3] = *b;

@@ -48,9 +48,46 @@ impl Backstop {
     }
 
     pub fn start_with_args(top: &str, tables: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_full(None, top, tables, env, args, None)
+    }
+
+    /// Starts on an existing directory (a restart: same data dir), on a fixed port if given.
+    pub fn start_in(
+        dir: Option<tempfile::TempDir>,
+        top: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+        port: Option<u16>,
+    ) -> Self {
+        Self::start_full(dir, top, tables, env, &[], port)
+    }
+
+    /// Kills the process (SIGKILL: no drain) and hands back its directory for a restart.
+    pub fn kill_and_take_dir(&mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn start_full(
+        dir: Option<tempfile::TempDir>,
+        top: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        port: Option<u16>,
+    ) -> Self {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let config = dir.path().join("backstop.toml");
-        std::fs::write(&config, config_text(dir.path(), top, tables)).unwrap();
+        let mut text = config_text(dir.path(), top, tables);
+        if let Some(port) = port {
+            text = text.replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+                1,
+            );
+        }
+        std::fs::write(&config, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
         cmd.arg("serve").arg("--config").arg(&config).args(args);
         cmd.env_remove("BACKSTOP_ADMIN_TOKEN")
