@@ -656,7 +656,376 @@ impl OutageChecks for AllowAll {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
+    use crate::store::{
+        ArtifactRecord, DeviceCompliance, RiskLevel, SessionSnapshot, StoreOpts, TokenTemplate,
+    };
+    use crate::token::jws::{JwtPolicy, TypRule, verify_jwt};
+    use crate::token::mint::{PrimaryTokenShape, build_template};
+
+    const NOW: i64 = 1_800_000_000;
+    const RT: &str = "rt-current";
+    const RT_OLD: &str = "rt-old";
+    const URL: &str = "https://login.example.com/token";
+    const API: &str = "https://api.example.com";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        keyring: Keyring,
+        _key_dir: tempfile::TempDir,
+        replay: Mutex<ReplayCache>,
+    }
+
+    fn template(claims: &str, typ: Option<crate::token::alg::Typ>) -> TokenTemplate {
+        let t = build_template(
+            claims.as_bytes(),
+            PrimaryTokenShape {
+                typ,
+                alg: SigningAlg::EdDsa,
+            },
+            u64::try_from(NOW).unwrap(),
+        )
+        .unwrap();
+        TokenTemplate {
+            claims_json: t.claims,
+            time_claims: t.meta.time_claim_bits(),
+            lifetime_secs: t.meta.lifetime_secs,
+            alg: t.meta.alg.name().into(),
+            typ: t.meta.typ.map_or("", |t| t.name()).into(),
+            nbf_offset_secs: t.meta.nbf_offset_secs,
+        }
+    }
+
+    fn identity(resource: &str) -> SessionIdentity {
+        SessionIdentity {
+            tenant: "t1".into(),
+            user: "alice".into(),
+            device: "family:f1".into(),
+            app: "app".into(),
+            resource: resource.into(),
+        }
+    }
+
+    fn snapshot(resource: &str, edit: impl FnOnce(&mut SessionSnapshot)) -> SessionSnapshot {
+        let iat = NOW - 100;
+        let mut s = SessionSnapshot {
+            identity: identity(resource),
+            home_tenant: true,
+            auth_time_secs: NOW - 1000,
+            recorded_at_secs: NOW - 100,
+            expires_at_secs: NOW + 3 * 86_400,
+            amr: vec!["pwd".into(), "mfa".into()],
+            acr: "1".into(),
+            groups: vec![],
+            roles: vec![],
+            sign_in_risk: RiskLevel::None,
+            user_risk: RiskLevel::None,
+            device_platform: String::new(),
+            device_compliance: DeviceCompliance::Unknown,
+            dpop_jkt: None,
+            access_token: template(
+                &format!(
+                    r#"{{"iss":"https://login.example.com","sub":"alice","aud":"{resource}","iat":{iat},"exp":{},"jti":"j1","scp":"read"}}"#,
+                    iat + 3600
+                ),
+                Some(crate::token::alg::Typ::AtJwt),
+            ),
+            id_token: Some(template(
+                &format!(
+                    r#"{{"iss":"https://login.example.com","sub":"alice","aud":"app","iat":{iat},"exp":{},"nonce":"n1","auth_time":{}}}"#,
+                    iat + 600,
+                    NOW - 1000
+                ),
+                None,
+            )),
+            scopes: vec!["openid".into(), "read".into()],
+            token_type: "Bearer".into(),
+        };
+        edit(&mut s);
+        s
+    }
+
+    fn artifact(store: &Store, raw: &str, state: ArtifactState) -> ArtifactRecord {
+        let id = identity(API);
+        ArtifactRecord {
+            kind: ArtifactKind::RefreshToken,
+            digest: store.artifact_digest(ArtifactKind::RefreshToken, raw.as_bytes()),
+            tenant: id.tenant,
+            user: id.user,
+            device: id.device,
+            app: id.app,
+            resource: API.into(),
+            family: "f1".into(),
+            client_auth: ClientAuthMethod::None,
+            state,
+            state_changed_at_secs: 0,
+            issued_at_secs: NOW - 100,
+            expires_at_secs: NOW + 86_400,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn fixture(edit: impl FnOnce(&mut SessionSnapshot), secret: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOpts::manual()).unwrap();
+        let current = artifact(&store, RT, ArtifactState::Current);
+        let mut old = artifact(&store, RT_OLD, ArtifactState::Current);
+        old.state = ArtifactState::Superseded {
+            successor: current.digest,
+        };
+        let mut current = current;
+        if secret {
+            current.client_auth = ClientAuthMethod::SecretBasic;
+            let mut sec = artifact(&store, "unused", ArtifactState::Current);
+            sec.kind = ArtifactKind::ClientSecret;
+            sec.digest = client_secret_digest(&store, "app", b"s3cret");
+            block_on(store.put_artifact(&sec)).unwrap();
+        }
+        block_on(store.put_artifact(&current)).unwrap();
+        block_on(store.put_artifact(&old)).unwrap();
+        block_on(store.put_session(&snapshot(API, edit))).unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
+        let keyring =
+            Keyring::load_or_generate(key_dir.path(), SigningAlg::EdDsa, 1_700_000_000).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            keyring,
+            _key_dir: key_dir,
+            replay: Mutex::new(ReplayCache::new(1024)),
+        }
+    }
+
+    fn decide(f: &Fixture, body: &str, auth: Option<&str>, dpop: Option<&str>) -> Decision {
+        let env = OutageEnv {
+            store: &f.store,
+            token_url: URL,
+            dpop_replay: &f.replay,
+            dpop_policy: DpopPolicy::default(),
+            checks: &AllowAll,
+            now_secs: NOW,
+        };
+        let req = OutageRequest {
+            body: body.as_bytes(),
+            authorization: auth.map(str::as_bytes),
+            dpop: dpop.map(str::as_bytes),
+            dpop_repeated: false,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            user_agent: None,
+        };
+        let mut minters =
+            Minters::new(std::slice::from_ref(&f.keyring), Ed25519Backend::AwsLc).unwrap();
+        serve_refresh(&req, &env, &mut minters)
+    }
+
+    fn refused(d: &Decision) -> Option<Refusal> {
+        match d {
+            Decision::Refused { reason, .. } => Some(*reason),
+            Decision::Served { .. } => None,
+        }
+    }
+
+    fn body(rt: &str, extra: &str) -> String {
+        format!("grant_type=refresh_token&refresh_token={rt}&client_id=app{extra}")
+    }
+
+    #[test]
+    fn the_current_token_is_served_with_the_templates_claims_and_fresh_times() {
+        let f = fixture(|_| {}, false);
+        let Decision::Served { body: out, subject } = decide(&f, &body(RT, ""), None, None) else {
+            panic!("not served");
+        };
+        assert_eq!(subject.user, "alice");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["refresh_token"], RT);
+        assert_eq!(v["token_type"], "Bearer");
+        assert_eq!(v["expires_in"], 3600);
+        assert_eq!(v["scope"], "openid read");
+        let keys = crate::token::jwks::KeySet::from_ours(&f.keyring.published()).unwrap();
+        let at = v["access_token"].as_str().unwrap();
+        let policy = JwtPolicy {
+            typ: TypRule::Exactly(crate::token::alg::Typ::AtJwt),
+            algs: &[crate::token::alg::Alg::EdDsa],
+            leeway_secs: 0,
+            require_exp: true,
+            issuer: Some("https://login.example.com"),
+            audience: Some(API),
+        };
+        let now = u64::try_from(NOW).unwrap();
+        let verified = verify_jwt(at.as_bytes(), &keys, &policy, now).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&verified.payload).unwrap();
+        assert_eq!(claims["iat"], NOW);
+        assert_eq!(claims["exp"], NOW + 3600);
+        assert_eq!(claims["scp"], "read");
+        assert_ne!(claims["jti"], "j1");
+        let id = v["id_token"].as_str().unwrap();
+        let policy = JwtPolicy {
+            typ: TypRule::JwtOrAbsent,
+            audience: Some("app"),
+            ..policy
+        };
+        let verified = verify_jwt(id.as_bytes(), &keys, &policy, now).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&verified.payload).unwrap();
+        assert_eq!(claims["nonce"], "n1");
+        assert_eq!(claims["auth_time"], NOW - 1000);
+        assert!(
+            claims.get("jti").is_none(),
+            "no claim the primary did not issue"
+        );
+    }
+
+    #[test]
+    fn refusals_name_their_reason_and_map_to_the_design_errors() {
+        let f = fixture(|_| {}, false);
+        let cases: [(&str, String, Refusal); 8] = [
+            ("unknown", body("never-seen", ""), Refusal::UnknownArtifact),
+            ("rotated out", body(RT_OLD, ""), Refusal::RotatedOut),
+            (
+                "other client",
+                format!("grant_type=refresh_token&refresh_token={RT}&client_id=other"),
+                Refusal::ClientMismatch,
+            ),
+            (
+                "other resource",
+                body(RT, "&resource=https%3A%2F%2Fother.example.com"),
+                Refusal::NoSnapshot,
+            ),
+            (
+                "two resources",
+                body(
+                    RT,
+                    "&resource=https%3A%2F%2Fapi.example.com&resource=https%3A%2F%2Fother.example.com",
+                ),
+                Refusal::MultipleResources,
+            ),
+            (
+                "wider scope",
+                body(RT, "&scope=openid%20write"),
+                Refusal::ScopeNotGranted,
+            ),
+            (
+                "narrower scope",
+                body(RT, "&scope=read"),
+                Refusal::ScopeNarrowing,
+            ),
+            (
+                "code grant",
+                "grant_type=authorization_code&code=c&client_id=app".into(),
+                Refusal::UnsupportedGrant,
+            ),
+        ];
+        for (name, b, want) in cases {
+            assert_eq!(refused(&decide(&f, &b, None, None)), Some(want), "{name}");
+        }
+        // The same scope in another order is the same grant.
+        assert_eq!(
+            refused(&decide(&f, &body(RT, "&scope=read%20openid"), None, None)),
+            None
+        );
+        assert_eq!(
+            refused(&decide(
+                &f,
+                &body(RT, "&resource=https%3A%2F%2Fapi.example.com"),
+                None,
+                None
+            )),
+            None
+        );
+        assert_eq!(
+            refused(&decide(
+                &f,
+                "grant_type=refresh_token&grant_type=x",
+                None,
+                None
+            )),
+            Some(Refusal::MalformedRequest)
+        );
+    }
+
+    #[test]
+    fn guests_and_proofs_for_unbound_sessions_are_not_served() {
+        let f = fixture(|s| s.home_tenant = false, false);
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, None)),
+            Some(Refusal::GuestUser)
+        );
+        let f = fixture(|_| {}, false);
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, Some("x.y.z"))),
+            Some(Refusal::DpopNotBound)
+        );
+    }
+
+    #[test]
+    fn a_dpop_bound_session_needs_a_fresh_proof_of_its_own_key() {
+        use crate::token::sign::SigningKey;
+        let key = SigningKey::generate(SigningAlg::Es256).unwrap();
+        let jkt = dpop::jkt(&key.public_jwk().key);
+        let f = fixture(|s| s.dpop_jkt = Some(jkt.clone()), false);
+        let proof = |k: &SigningKey, jti: &str| {
+            let header = format!(
+                r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{}}}"#,
+                k.public_jwk().key.canonical_json()
+            );
+            let claims = format!(r#"{{"jti":"{jti}","htm":"POST","htu":"{URL}","iat":{NOW}}}"#);
+            let signer = k.signer(Ed25519Backend::AwsLc).unwrap();
+            let mut input = crate::token::b64::encode(header.as_bytes());
+            input.push('.');
+            input.push_str(&crate::token::b64::encode(claims.as_bytes()));
+            let mut sig: crate::token::sign::SignatureBuf = [0; 512];
+            let n = signer.sign(input.as_bytes(), &mut sig).unwrap();
+            format!("{input}.{}", crate::token::b64::encode(&sig[..n]))
+        };
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, None)),
+            Some(Refusal::DpopProofInvalid)
+        );
+        let other = SigningKey::generate(SigningAlg::Es256).unwrap();
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, Some(&proof(&other, "a")))),
+            Some(Refusal::DpopKeyMismatch)
+        );
+        let good = proof(&key, "b");
+        assert_eq!(refused(&decide(&f, &body(RT, ""), None, Some(&good))), None);
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, Some(&good))),
+            Some(Refusal::DpopProofInvalid),
+            "a replayed proof"
+        );
+    }
+
+    #[test]
+    fn a_confidential_client_must_present_the_secret_the_primary_last_accepted() {
+        use base64::Engine as _;
+        let f = fixture(|_| {}, true);
+        let basic = |secret: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("app:{secret}"))
+            )
+        };
+        let b = format!("grant_type=refresh_token&refresh_token={RT}");
+        assert_eq!(refused(&decide(&f, &b, Some(&basic("s3cret")), None)), None);
+        assert_eq!(
+            refused(&decide(&f, &b, Some(&basic("wrong")), None)),
+            Some(Refusal::UnknownClientSecret)
+        );
+        assert_eq!(
+            refused(&decide(&f, &body(RT, ""), None, None)),
+            Some(Refusal::ClientAuthRequired)
+        );
+        let post = format!("{b}&client_id=app&client_secret=s3cret");
+        assert_eq!(refused(&decide(&f, &post, None, None)), None);
+    }
 
     #[test]
     fn json_string_escapes_quotes_backslashes_and_controls() {
