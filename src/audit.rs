@@ -114,6 +114,9 @@ pub enum AuditError {
     },
 }
 
+/// How long the writer waits between batches while records keep coming.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What the writer thread receives.
 #[derive(Debug)]
 enum Msg {
@@ -206,19 +209,29 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
-        // Block for one message, then take whatever else is queued before flushing, so a burst
-        // costs one write system call, not one per record.
+        // Idle: block for one message. Busy: after each batch, pause for `BATCH_PAUSE` and then
+        // take everything queued, so under steady load the writer costs one wake-up and one
+        // write system call per pause, not per record, and a sending worker never has to wake
+        // it (a sleeping thread is not a waiting receiver). Records reach the file at most a
+        // pause after they were queued; the queue holds many pauses' worth at full load.
         'outer: while let Ok(first) = rx.recv() {
             let mut next = Some(first);
-            while let Some(msg) = next {
-                match msg {
-                    Msg::Record(record) => self.write(&record),
-                    Msg::Stop => break 'outer,
+            loop {
+                while let Some(msg) = next {
+                    match msg {
+                        Msg::Record(record) => self.write(&record),
+                        Msg::Stop => break 'outer,
+                    }
+                    next = rx.try_recv().ok();
                 }
-                next = rx.try_recv().ok();
-            }
-            if let Err(e) = self.out.flush() {
-                tracing::error!(error = %e, "audit log flush failed");
+                if let Err(e) = self.out.flush() {
+                    tracing::error!(error = %e, "audit log flush failed");
+                }
+                std::thread::sleep(BATCH_PAUSE);
+                match rx.try_recv() {
+                    Ok(msg) => next = Some(msg),
+                    Err(_) => break,
+                }
             }
         }
         if let Err(e) = self.out.flush() {

@@ -19,5 +19,6 @@ pub mod server;
 pub mod fuzzing;
 pub mod policy;
 pub mod revocation;
+pub mod seed;
 pub mod store;
 pub mod token;

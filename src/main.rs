@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backstop::config::{Config, LogFormat, ProcessEnv};
+use backstop::token::alg::SigningAlg;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// backstop: a backup authentication engine. It sits in front of your identity provider as a
@@ -113,6 +114,56 @@ enum Command {
         #[arg(long)]
         refresh_token_stdin: bool,
     },
+    /// Fill a data directory with a synthetic population of sessions for load tests (never a
+    /// production one): snapshots and refresh tokens written through the store, durably.
+    ///
+    /// Refresh tokens are derived from --token-seed and each session's index, so a load
+    /// generator regenerates them; --tokens-out writes the first --tokens-max of them as
+    /// `client_id refresh_token resource` lines for tools that cannot.
+    #[command(after_help = "Example:
+  backstop seed --data-dir /tmp/bs --sessions 10000000 --issuer http://127.0.0.1:8080")]
+    Seed {
+        /// The data directory to fill (created if missing; must not be in use).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// How many sessions.
+        #[arg(long, default_value_t = 100_000)]
+        sessions: u64,
+        /// The issuer backstop will serve as (the templates' `iss`).
+        #[arg(long)]
+        issuer: String,
+        /// The algorithm the simulated primary signed with: EdDSA, ES256 or RS256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// Distinct client applications.
+        #[arg(long, default_value_t = 4)]
+        apps: u32,
+        /// Distinct resources.
+        #[arg(long, default_value_t = 2)]
+        resources: u32,
+        /// Seed of the refresh tokens.
+        #[arg(long, default_value_t = 1)]
+        token_seed: u64,
+        /// Write `client_id refresh_token resource` lines for the first --tokens-max sessions.
+        #[arg(long, value_name = "FILE")]
+        tokens_out: Option<PathBuf>,
+        /// How many lines --tokens-out writes.
+        #[arg(long, default_value_t = 100_000)]
+        tokens_max: u64,
+        /// Grants without `openid`: a refresh mints an access token only.
+        #[arg(long)]
+        without_id_token: bool,
+    },
+    /// Measure one bare signature of an algorithm with backstop's signer (the benchmark floor).
+    #[command(hide = true)]
+    BenchSign {
+        /// EdDSA, ES256 or RS256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// How long to sign for.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 /// mimalloc instead of glibc malloc: store ingest is allocation-bound (≈ 35 % of cycles in
@@ -144,7 +195,130 @@ fn main() -> ExitCode {
             artifact,
             refresh_token_stdin,
         } => inspect(&data_dir, session, artifact, refresh_token_stdin),
+        Command::Seed {
+            data_dir,
+            sessions,
+            issuer,
+            alg,
+            apps,
+            resources,
+            token_seed,
+            tokens_out,
+            tokens_max,
+            without_id_token,
+        } => {
+            let Some(alg) = SigningAlg::from_name(&alg) else {
+                eprintln!("backstop: --alg {alg:?} is not one of EdDSA, ES256, RS256");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let spec = backstop::seed::SeedSpec {
+                sessions,
+                alg,
+                issuer,
+                apps,
+                resources,
+                token_seed,
+                window_secs: 3 * 86_400,
+                id_token: !without_id_token,
+            };
+            seed(&data_dir, &spec, tokens_out.as_deref(), tokens_max)
+        }
+        Command::BenchSign { alg, seconds } => bench_sign(&alg, seconds),
     }
+}
+
+fn seed(
+    data_dir: &std::path::Path,
+    spec: &backstop::seed::SeedSpec,
+    tokens_out: Option<&std::path::Path>,
+    tokens_max: u64,
+) -> ExitCode {
+    use backstop::store::{Store, StoreOpts};
+    use std::io::Write as _;
+    let store = match Store::open(data_dir, StoreOpts::manual()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "backstop: cannot open the store in {}: {e}",
+                data_dir.display()
+            );
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let bar = indicatif::ProgressBar::new(spec.sessions);
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+    .unwrap_or(i64::MAX);
+    let started = std::time::Instant::now();
+    let took = match backstop::seed::seed(&store, spec, now, |n| bar.set_position(n)) {
+        Ok(()) => started.elapsed(),
+        Err(e) => {
+            bar.abandon();
+            eprintln!("backstop: seeding failed: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    bar.finish();
+    store.close();
+    if let Some(path) = tokens_out {
+        let write = || -> std::io::Result<()> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+            for i in 0..tokens_max.min(spec.sessions) {
+                let c = backstop::seed::client_of(spec, i);
+                writeln!(out, "{} {} {}", c.client_id, c.refresh_token, c.resource)?;
+            }
+            out.flush()
+        };
+        if let Err(e) = write() {
+            eprintln!("backstop: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    print_line(&format!(
+        "seeded {} sessions in {:.1} s ({:.0}/s)",
+        spec.sessions,
+        took.as_secs_f64(),
+        spec.sessions as f64 / took.as_secs_f64().max(1e-9)
+    ));
+    ExitCode::SUCCESS
+}
+
+fn bench_sign(alg: &str, seconds: f64) -> ExitCode {
+    use backstop::token::sign::{Ed25519Backend, SignatureBuf, SigningKey};
+    let Some(alg) = SigningAlg::from_name(alg) else {
+        eprintln!("backstop: --alg {alg:?} is not one of EdDSA, ES256, RS256");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let signer = match SigningKey::generate(alg).and_then(|k| k.signer(Ed25519Backend::AwsLc)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backstop: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // A token-sized signing input, as minting signs.
+    let msg = vec![b'a'; 700];
+    let mut sig: SignatureBuf = [0; 512];
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        for _ in 0..100 {
+            if signer.sign(&msg, &mut sig).is_err() {
+                eprintln!("backstop: signing failed");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+        n += 100;
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    print_line(&format!(
+        "{{\"alg\":\"{}\",\"signatures\":{n},\"us_per_signature\":{us:.3}}}",
+        alg.name()
+    ));
+    ExitCode::SUCCESS
 }
 
 fn serve(config_path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> ExitCode {

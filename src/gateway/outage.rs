@@ -627,20 +627,35 @@ fn mint_response(
 /// Appends `s` as a JSON string (RFC 8259 §7 escaping; invalid UTF-8 cannot occur: every input
 /// is ASCII base64url, a stored string, or a form value, which are all `str`).
 fn json_string(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for &b in s {
+    let mut rest = s;
+    // Tokens are base64url: copy runs that need no escape in one go.
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        let (run, tail) = rest.split_at(i);
+        out.extend_from_slice(run);
+        let Some((&b, tail)) = tail.split_first() else {
+            break;
+        };
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x00..=0x1f => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
+            _ => {
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0x0f)]);
+                // b < 0x20: both nibbles index the table.
+                out.extend(
+                    [b >> 4, b & 0x0f]
+                        .iter()
+                        .filter_map(|n| HEX.get(usize::from(*n))),
+                );
             }
-            _ => out.push(b),
         }
+        rest = tail;
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Outage-mode server CPU per minted token, as a ratio to the floor, in one run.
+
+The floor (issue 5): server CPU per request of a bare hyper server answering a fixed body
+(`backstop-floor`) plus one bare signature of the same algorithm per token the response
+carries (`backstop bench-sign`, backstop's own signer; two with an ID token, one with
+--without-id-token), all measured in the same run as backstop.
+
+Seeds a data directory with N sessions (`backstop seed`), starts the mock primary and backstop
+(one worker) on it, forces outage mode through the admin API, then drives refresh grants for
+the seeded sessions with wrk (HTTP/1.1 keep-alive; each request a different session, round
+robin over --tokens of them) and reads backstop's CPU time from /proc/PID/stat before and
+after. Every response must be a 200 with a token, else the run fails.
+
+Usage: tools/measure-outage.py [--alg EdDSA] [--sessions 100000] [--seconds 5] [--rounds 3]
+Needs: wrk (Debian package `wrk`), `cargo build --release --workspace` done first.
+"""
+import argparse, json, os, re, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+BIN = f"{ROOT}/target/release"
+ADMIN_TOKEN = "measure-outage-admin-token-0123456789"
+
+LUA = r"""
+local bodies = {}
+for line in io.lines(os.getenv("BACKSTOP_TOKENS")) do
+  local c, t = line:match("(%S+) (%S+)")
+  bodies[#bodies + 1] = "grant_type=refresh_token&client_id=" .. c .. "&refresh_token=" .. t
+end
+local headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/token", headers, bodies[(i % #bodies) + 1])
+end
+"""
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd, env=None, pattern=r"http://(\S+)"):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = p.stdout.readline()
+    m = re.search(pattern, line)
+    if not m:
+        p.kill()
+        sys.exit(f"could not start {cmd}: {line!r}")
+    return p, m.group(1)
+
+
+def admin(addr, method, path, body=None):
+    req = urllib.request.Request(f"http://{addr}{path}", method=method,
+                                 data=body.encode() if body else None,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def drive(pid, url, seconds, connections, script=None, env=None):
+    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    before = cpu_seconds(pid)
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True, env=env).stdout
+    after = cpu_seconds(pid)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"{url}: {errors.group(1)} error responses\n{out}")
+    p99 = re.search(r"Latency Distribution[\s\S]*?99%\s+(\S+)", out).group(1)
+    return {"requests": requests, "rps": requests / seconds, "cpu_s": after - before,
+            "cpu_us_per_req": (after - before) * 1e6 / requests, "p99": p99}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alg", default="EdDSA", choices=["EdDSA", "ES256", "RS256"])
+    ap.add_argument("--sessions", type=int, default=100_000)
+    ap.add_argument("--tokens", type=int, default=20_000, help="sessions the load cycles over")
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--without-id-token", action="store_true",
+                    help="grants without openid: one token (one signature) per refresh")
+    args = ap.parse_args()
+    signatures = 1 if args.without_id_token else 2
+
+    tmp = tempfile.mkdtemp(prefix="backstop-outage-")
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    tokens = os.path.join(tmp, "tokens.txt")
+    print(f"seeding {args.sessions} {args.alg} sessions in {tmp} ...", file=sys.stderr)
+    subprocess.run([f"{BIN}/backstop", "seed", "--data-dir", f"{tmp}/data", "--sessions",
+                    str(args.sessions), "--issuer", issuer, "--alg", args.alg,
+                    "--tokens-out", tokens, "--tokens-max", str(args.tokens)]
+                   + (["--without-id-token"] if args.without_id_token else []),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    procs = []
+    try:
+        mock, mock_addr = start([f"{BIN}/backstop-mock-primary"])
+        procs.append(mock)
+        floor, floor_addr = start([f"{BIN}/backstop-floor", "127.0.0.1:0", "1"])
+        procs.append(floor)
+        conf = os.path.join(tmp, "b.toml")
+        with open(conf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\nworkers = 1\n'
+                    f'issuer = "{issuer}"\ndata_dir = "{tmp}/data"\n'
+                    f'[primary]\norigin = "http://{mock_addr}"\n[log]\nlevel = "warn"\n')
+        env = dict(os.environ, BACKSTOP_ADMIN_TOKEN=ADMIN_TOKEN)
+        backstop = subprocess.Popen([f"{BIN}/backstop", "serve", "--config", conf], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(backstop)
+        admin_addr = None
+        while admin_addr is None:
+            line = backstop.stdout.readline()
+            if not line:
+                sys.exit("backstop exited")
+            m = re.search(r"admin API on http://(\S+)", line)
+            admin_addr = m.group(1) if m else None
+        deadline = time.time() + 20
+        while admin(admin_addr, "GET", "/admin/status")["primary_metadata"]["token_path"] is None:
+            if time.time() > deadline:
+                sys.exit("backstop never learned the token endpoint")
+            time.sleep(0.1)
+        admin(admin_addr, "POST", "/admin/mode", '{"mode":"outage"}')
+
+        wrk_env = dict(os.environ, BACKSTOP_TOKENS=tokens)
+        script = os.path.join(tmp, "refresh.lua")
+        with open(script, "w") as f:
+            f.write(LUA)
+        results = []
+        for _ in range(args.rounds):
+            sign = json.loads(subprocess.run([f"{BIN}/backstop", "bench-sign", "--alg", args.alg,
+                                              "--seconds", "1"], capture_output=True, text=True,
+                                             check=True).stdout)
+            fl = drive(floor.pid, f"http://{floor_addr}/", args.seconds, args.connections)
+            ours = drive(backstop.pid, f"{issuer}/token", args.seconds, args.connections,
+                         script, wrk_env)
+            floor_us = fl["cpu_us_per_req"] + signatures * sign["us_per_signature"]
+            results.append({"floor_http": fl, "sign_us": sign["us_per_signature"],
+                            "backstop": ours, "floor_us": floor_us,
+                            "ratio": ours["cpu_us_per_req"] / floor_us})
+        for r in results:
+            print(f"floor {r['floor_http']['cpu_us_per_req']:.2f} us/req + {signatures} x sign {r['sign_us']:.2f} us"
+                  f" = {r['floor_us']:.2f} us | backstop outage {r['backstop']['cpu_us_per_req']:.2f} us/token"
+                  f" ({r['backstop']['rps']:.0f} tokens/s, p99 {r['backstop']['p99']}) | ratio {r['ratio']:.3f}")
+        ratios = sorted(r["ratio"] for r in results)
+        print(json.dumps({"alg": args.alg, "signatures_per_token_response": signatures,
+                          "sessions": args.sessions, "connections": args.connections,
+                          "seconds": args.seconds, "median_ratio": ratios[len(ratios) // 2],
+                          "rounds": results}))
+    finally:
+        for p in procs:
+            p.kill()
+
+
+if __name__ == "__main__":
+    main()
