@@ -214,6 +214,23 @@ impl OutageRefusal {
 
 const REFUSAL_COUNT: usize = OutageRefusal::ALL.len();
 
+/// Token-endpoint counters since start, as `GET /admin/status` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TokenCounters {
+    /// Answered by the primary.
+    pub forwarded: u64,
+    /// Refused by backstop's own parse (malformed), in either mode.
+    pub rejected: u64,
+    /// Served by the backup.
+    pub backup_served: u64,
+    /// Refused by the backup.
+    pub backup_refused: u64,
+    /// Backup answers after an ambiguous upstream failure.
+    pub backup_ambiguous: u64,
+    /// Forwarded requests that failed (connect, timeout, 5xx, garbage, reset).
+    pub upstream_failures: u64,
+}
+
 /// Why a token request was answered by the backup: the `cause` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackupCause {
@@ -476,6 +493,24 @@ impl Registry {
 
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.all().map(f).sum()
+    }
+
+    /// Token-endpoint counters summed over workers (for `GET /admin/status`).
+    pub fn token_counters(&self) -> TokenCounters {
+        TokenCounters {
+            forwarded: self.sum(|w| w.token_forwarded.get()),
+            rejected: self.sum(|w| w.token_rejected.get()),
+            backup_served: self.sum(|w| w.backup_served.get()),
+            backup_refused: self.sum(|w| w.backup_refusals.iter().map(Cell::get).sum()),
+            backup_ambiguous: self.sum(|w| w.backup_ambiguous.get()),
+            upstream_failures: self.sum(|w| {
+                UpstreamOutcome::ALL
+                    .iter()
+                    .filter(|o| **o != UpstreamOutcome::Answered)
+                    .map(|o| w.upstream.get(*o as usize).map_or(0, Cell::get))
+                    .sum()
+            }),
+        }
     }
 
     fn render_token(&self, out: &mut String) -> std::fmt::Result {

@@ -114,6 +114,23 @@ struct Status<'a> {
     ready: bool,
     draining: bool,
     listen: String,
+    /// Token-endpoint counters since start.
+    counters: crate::metrics::TokenCounters,
+    /// The session store.
+    store: StoreStatus,
+}
+
+#[derive(serde::Serialize)]
+struct StoreStatus {
+    memtable_records: u64,
+    segments: u64,
+    segment_records: u64,
+    quarantined_segments: u64,
+    corrupt_reads: u64,
+    compactions: u64,
+    /// WAL groups that stopped taking writes after an I/O error (captures there are lost
+    /// until a restart): "group N: what failed".
+    failed_groups: Vec<String>,
 }
 
 fn mode_label(mode: Mode) -> &'static str {
@@ -171,6 +188,23 @@ fn status(shared: &Shared) -> Reply {
         ready: !shared.draining.load(Ordering::Relaxed),
         draining: shared.draining.load(Ordering::Relaxed),
         listen: shared.public_addr.to_string(),
+        counters: shared.metrics.token_counters(),
+        store: {
+            let st = shared.store.stats();
+            StoreStatus {
+                memtable_records: st.memtable_records,
+                segments: st.segments,
+                segment_records: st.segment_records,
+                quarantined_segments: st.quarantined_segments,
+                corrupt_reads: st.corrupt_reads,
+                compactions: st.compactions,
+                failed_groups: st
+                    .failed_groups
+                    .iter()
+                    .map(|(g, what)| format!("group {g}: {what}"))
+                    .collect(),
+            }
+        },
     };
     match serde_json::to_vec(&body) {
         Ok(bytes) => json(StatusCode::OK, bytes),
