@@ -826,3 +826,68 @@ fn background_compaction_reclaims_expired_records_with_no_new_writes() {
     assert_eq!(store.stats().segment_records, 1, "{:?}", store.stats());
     assert_eq!(store.stats().memtable_records, 0);
 }
+
+/// `artifact_chain_current` follows rotations to the credential that stands for a session now.
+#[test]
+fn artifact_chain_follows_rotations_to_the_current_or_revoked_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d: Vec<_> = (0..5u8)
+        .map(|i| store.artifact_digest(ArtifactKind::RefreshToken, &[b'r', i]))
+        .collect();
+    let superseded = |i: usize, by: usize| {
+        let mut a = sample_artifact(1, d[i], FAR);
+        a.state = ArtifactState::Superseded { successor: d[by] };
+        a.state_changed_at_secs = 100 + i as i64;
+        a
+    };
+    // d0 -> d1 -> d2 (current). d3 -> d4 (revoked).
+    block(store.put_artifact(&superseded(0, 1))).unwrap();
+    block(store.put_artifact(&superseded(1, 2))).unwrap();
+    block(store.put_artifact(&sample_artifact(1, d[2], FAR))).unwrap();
+    block(store.put_artifact(&superseded(3, 4))).unwrap();
+    let mut revoked = sample_artifact(1, d[4], FAR);
+    revoked.state = ArtifactState::Revoked;
+    block(store.put_artifact(&revoked)).unwrap();
+
+    let head = |from: usize, hops: u32| {
+        store
+            .artifact_chain_current(&d[from], 0, hops)
+            .map(|v| v.to_record().unwrap().digest)
+    };
+    // A current record is its own head, with no hop needed.
+    assert_eq!(head(2, 0), Some(d[2]));
+    assert_eq!(head(0, 2), Some(d[2]));
+    assert_eq!(head(1, 1), Some(d[2]));
+    // Too long for the hop budget.
+    assert_eq!(head(0, 1), None);
+    assert_eq!(head(0, 0), None);
+    // A revoked head is returned (the caller answers invalid_grant).
+    assert_eq!(head(3, 1), Some(d[4]));
+    assert_eq!(
+        store.artifact_chain_current(&d[3], 0, 1).unwrap().state(),
+        ArtifactState::Revoked
+    );
+
+    // Broken chain: the successor was never recorded, or has expired.
+    let missing = store.artifact_digest(ArtifactKind::RefreshToken, b"never");
+    let mut dangling = sample_artifact(1, d[0], FAR);
+    dangling.state = ArtifactState::Superseded { successor: missing };
+    block(store.put_artifact(&dangling)).unwrap();
+    assert_eq!(head(0, 10), None);
+    let mut short = sample_artifact(1, d[2], 50);
+    short.state = ArtifactState::Current;
+    block(store.put_artifact(&short)).unwrap();
+    assert!(head(1, 10).is_some(), "not expired at 0");
+    assert!(store.artifact_chain_current(&d[1], 50, 10).is_none());
+
+    // A cycle ends at the hop budget instead of looping.
+    block(store.put_artifact(&superseded(0, 1))).unwrap();
+    block(store.put_artifact(&superseded(1, 0))).unwrap();
+    assert_eq!(head(0, 1000), None);
+
+    // Works the same once the records live in segments.
+    block(store.put_artifact(&superseded(1, 2))).unwrap();
+    store.compact(0).unwrap();
+    assert_eq!(head(0, 2), Some(d[2]));
+}
