@@ -305,7 +305,7 @@ fn check_layout(b: &[u8]) -> Result<Layout, SegmentError> {
     })
 }
 
-/// Full validation of a current-format segment's bytes: [`check_layout`], then every record
+/// Full validation of a current-format segment's bytes: the layout checks, then every record
 /// through its checksum and rkyv's checked access.
 pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), SegmentError> {
     let b = backing.bytes();
