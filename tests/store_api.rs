@@ -11,8 +11,12 @@
 
 mod store_common;
 
+use backstop::store::format::FORMAT_VERSION;
 use backstop::store::testutil::{sample_artifact, sample_identity, sample_snapshot};
-use backstop::store::{ArtifactKind, Store, StoreError, StoreOpts};
+use backstop::store::{
+    ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, RevocationRecord, Store,
+    StoreError, StoreOpts,
+};
 use store_common::{block, open, small_opts};
 
 const FAR: i64 = 4_000_000_000;
@@ -214,7 +218,7 @@ fn newer_format_dir_is_refused_with_a_clear_error() {
     let f = dir.path().join("FORMAT");
     let body = std::fs::read_to_string(&f)
         .unwrap()
-        .replace("format_version=1", "format_version=7");
+        .replace("format_version=2", "format_version=7");
     std::fs::write(&f, body).unwrap();
     let err = Store::open(dir.path(), small_opts()).err().unwrap();
     assert!(
@@ -222,7 +226,7 @@ fn newer_format_dir_is_refused_with_a_clear_error() {
             err,
             StoreError::NewerFormat {
                 found: 7,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -321,7 +325,7 @@ fn inspect_reports_counts_health_and_finds_records_next_to_a_running_store() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("shards: 8"), "{text}");
     assert!(
-        text.contains("totals: 20 sessions and 0 artifacts in segments"),
+        text.contains("totals: 20 sessions and 0 artifacts in segments (0 revocation events)"),
         "{text}"
     );
     assert!(text.contains("segments failing validation: 0"), "{text}");
@@ -352,6 +356,33 @@ fn inspect_reports_counts_health_and_finds_records_next_to_a_running_store() {
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.contains(&d.to_hex()) && text.contains("user=user-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"resource="https://api.example.com""#)
+            && text.contains("client_auth=None")
+            && text.contains("state: current"),
+        "{text}"
+    );
+
+    // A rotation: the old token's record now names its successor (by a hex prefix).
+    let d2 = store.artifact_digest(ArtifactKind::RefreshToken, b"rt-2");
+    let mut rotated = sample_artifact(1, d, FAR);
+    rotated.state = ArtifactState::Superseded { successor: d2 };
+    rotated.state_changed_at_secs = 77;
+    block(store.put_artifact(&rotated)).unwrap();
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Artifact(ArtifactLookup::Digest(d)),
+        1000,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(&format!("superseded by {}..", &d2.to_hex()[..16]))
+            && text.contains("state_changed_at: 77"),
         "{text}"
     );
 
@@ -396,34 +427,19 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Format version 1 as released: segments holding sessions 0..4, a WAL with session 5, a
-/// tombstone for session 4 and one artifact. Every later build must open it unchanged.
-/// Regenerate (only when adding a new version's fixture) with BACKSTOP_REGEN_STORE_FIXTURE=1.
-#[test]
-fn format_v1_fixture_opens_with_every_record() {
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store/v1");
-    if std::env::var("BACKSTOP_REGEN_STORE_FIXTURE").is_ok() {
-        let _ = std::fs::remove_dir_all(&fixture);
-        let store = open(&fixture);
-        for i in 0..5 {
-            block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
-        }
-        store.compact(0).unwrap();
-        block(store.put_session(&sample_snapshot(5, FAR))).unwrap();
-        block(store.remove_session(&sample_identity(4))).unwrap();
-        let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
-        block(store.put_artifact(&sample_artifact(5, d, FAR))).unwrap();
-        drop(store);
-        std::fs::remove_file(fixture.join("LOCK")).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    copy_fixture(&fixture, dir.path());
-    let store = open(dir.path());
-    assert!(
-        store.recovery_report().is_empty(),
-        "{:?}",
-        store.recovery_report()
-    );
+/// What a v1 artifact reads as after the upgrade: the fields v1 did not have take their
+/// documented defaults (docs/store-format.md, format log).
+fn as_upgraded_from_v1(mut a: ArtifactRecord) -> ArtifactRecord {
+    a.resource = String::new();
+    a.family = String::new();
+    a.client_auth = ClientAuthMethod::Unknown;
+    a.state = ArtifactState::Current;
+    a.state_changed_at_secs = 0;
+    a
+}
+
+/// Checks that a store holds exactly the v1 fixture's records.
+fn assert_serves_v1_fixture(store: &Store) {
     for i in [0, 1, 2, 3, 5] {
         assert_eq!(
             store
@@ -438,9 +454,270 @@ fn format_v1_fixture_opens_with_every_record() {
     let d = store.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
     assert_eq!(
         store.get_artifact(&d, 0).unwrap().to_record(),
-        Some(sample_artifact(5, d, FAR))
+        Some(as_upgraded_from_v1(sample_artifact(5, d, FAR)))
+    );
+}
+
+fn fixture_dir(version: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/store")
+        .join(version)
+}
+
+fn format_version_of(dir: &std::path::Path) -> u32 {
+    let body = std::fs::read_to_string(dir.join("FORMAT")).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("format_version="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The header version of every WAL file and segment in `dir`.
+fn file_versions(dir: &std::path::Path) -> Vec<u32> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal" || e == "seg"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            u32::from_le_bytes(b[8..12].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Format version 1 as released: segments holding sessions 0..4, a WAL with session 5, a
+/// tombstone for session 4 and one artifact. Every later build must open it and serve every
+/// record ("nothing durable is lost"); the open converts it to the current format. Frozen: this
+/// build writes only the current format, so the fixture can no longer be regenerated.
+#[test]
+fn format_v1_fixture_opens_with_every_record() {
+    let fixture = fixture_dir("v1");
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    assert_eq!(format_version_of(dir.path()), 1);
+    let store = open(dir.path());
+    assert!(
+        store.recovery_report().is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_serves_v1_fixture(&store);
+    assert!(store.stats().segment_records >= 5);
+    // Upgraded: FORMAT and every file say 2, and the store still serves it all after reopening.
+    assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
+    drop(store);
+    assert!(
+        file_versions(dir.path())
+            .iter()
+            .all(|&v| v == FORMAT_VERSION),
+        "{:?}",
+        file_versions(dir.path())
+    );
+    let store = open(dir.path());
+    assert!(store.recovery_report().is_empty());
+    assert_serves_v1_fixture(&store);
+}
+
+/// A crash at any step of the v1 upgrade leaves a store that opens and serves every record.
+/// The steps' intermediate states, built by hand: (a) a shard's converted segment written next
+/// to its v1 segment (crash before the unlink); (b) every segment converted, the v1 WAL and
+/// FORMAT=1 still there (crash before the upgrade's compaction); (c) everything converted but
+/// FORMAT still 1 (crash before the FORMAT write). And (d) the upgrade's compaction failing on
+/// an injected fsync or write error: open fails, the next open finishes the upgrade.
+#[test]
+fn interrupted_v1_upgrade_still_opens_with_every_record() {
+    use backstop::store::segment;
+    let fixture = fixture_dir("v1");
+    let segs = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = walk(&d.join("segments"));
+        v.sort();
+        v
+    };
+    let convert = |p: &std::path::Path, new_gen: u64| -> std::path::PathBuf {
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        let shard = &name[1..6];
+        let out = p
+            .parent()
+            .unwrap()
+            .join(format!("s{shard}-{new_gen:016x}.seg"));
+        std::fs::write(&out, segment::upgrade(&std::fs::read(p).unwrap()).unwrap()).unwrap();
+        out
+    };
+
+    // (a) one shard has both.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    convert(&segs(dir.path())[0], 0x100);
+    let store = open(dir.path());
+    assert_serves_v1_fixture(&store);
+    assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
+    drop(store);
+
+    // (b) every segment converted, v1 WAL and FORMAT left.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    for (i, p) in segs(dir.path()).into_iter().enumerate() {
+        convert(&p, 0x100 + i as u64);
+        std::fs::remove_file(p).unwrap();
+    }
+    let store = open(dir.path());
+    assert_serves_v1_fixture(&store);
+    drop(store);
+
+    // (c) all converted, FORMAT still 1.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    drop(open(dir.path()));
+    std::fs::copy(fixture.join("FORMAT"), dir.path().join("FORMAT")).unwrap();
+    assert_eq!(format_version_of(dir.path()), 1);
+    let store = open(dir.path());
+    assert_serves_v1_fixture(&store);
+    assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
+    drop(store);
+
+    // (d) the upgrade's WAL rotation fails at each of its first few writes and fsyncs.
+    for (fail_write_at, fail_sync_at) in [(0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (3, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture(&fixture, dir.path());
+        let faulty = StoreOpts {
+            wal_backend: std::sync::Arc::new(store_common::FaultyBackend::new(
+                fail_write_at,
+                fail_sync_at,
+            )),
+            ..small_opts()
+        };
+        // Either the fault hit the upgrade (open fails) or a later write (open succeeds).
+        if let Ok(s) = Store::open(dir.path(), faulty) {
+            assert_serves_v1_fixture(&s);
+        }
+        let store = open(dir.path());
+        assert_serves_v1_fixture(&store);
+        assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
+    }
+}
+
+/// Format version 2 as released: segments holding sessions 0..4 (with `nbf` offsets) and
+/// artifacts in every state, a WAL with session 5, a tombstone for session 4, an artifact
+/// superseded by a rotation, and revocation events in both. Every later build must open it
+/// unchanged. Regenerate (only when adding a new version's fixture) with
+/// BACKSTOP_REGEN_STORE_FIXTURE=1.
+#[test]
+fn format_v2_fixture_opens_with_every_record() {
+    let fixture = fixture_dir("v2");
+    if std::env::var("BACKSTOP_REGEN_STORE_FIXTURE").is_ok() {
+        let _ = std::fs::remove_dir_all(&fixture);
+        let store = open(&fixture);
+        for s in v2_fixture_sessions() {
+            block(store.put_session(&s)).unwrap();
+        }
+        for a in v2_fixture_artifacts(&store).into_iter().take(3) {
+            block(store.put_artifact(&a)).unwrap();
+        }
+        block(store.put_revocation(v2_fixture_revocation(0))).unwrap();
+        store.compact(0).unwrap();
+        block(store.put_session(&sample_snapshot(5, FAR))).unwrap();
+        block(store.remove_session(&sample_identity(4))).unwrap();
+        for a in v2_fixture_artifacts(&store).into_iter().skip(3) {
+            block(store.put_artifact(&a)).unwrap();
+        }
+        block(store.put_revocation(v2_fixture_revocation(1))).unwrap();
+        drop(store);
+        std::fs::remove_file(fixture.join("LOCK")).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture, dir.path());
+    assert_eq!(format_version_of(dir.path()), 2);
+    let store = open(dir.path());
+    assert!(
+        store.recovery_report().is_empty(),
+        "{:?}",
+        store.recovery_report()
+    );
+    let sessions = v2_fixture_sessions();
+    for (i, s) in sessions.iter().enumerate() {
+        let got = store.get_session(&s.identity, 0).map(|v| v.to_snapshot());
+        if i == 4 {
+            assert_eq!(got, None, "session 4 was removed");
+        } else {
+            assert_eq!(got.as_ref(), Some(s), "session {i}");
+        }
+    }
+    assert_eq!(
+        store
+            .get_session(&sample_identity(5), 0)
+            .unwrap()
+            .to_snapshot(),
+        sample_snapshot(5, FAR)
+    );
+    let arts = v2_fixture_artifacts(&store);
+    // The rotated-out token (index 0) was rewritten superseded after the compaction.
+    for (i, a) in arts.iter().enumerate().skip(1) {
+        assert_eq!(
+            store.get_artifact(&a.digest, 0).and_then(|v| v.to_record()),
+            Some(a.clone()),
+            "artifact {i}"
+        );
+    }
+    assert_eq!(
+        store.get_artifact(&arts[0].digest, 0).unwrap().state(),
+        ArtifactState::Superseded {
+            successor: arts[1].digest
+        }
+    );
+    let mut revs = store.revocations();
+    revs.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        revs,
+        vec![v2_fixture_revocation(0), v2_fixture_revocation(1)]
     );
     assert!(store.stats().segment_records >= 5);
+    assert_eq!(format_version_of(dir.path()), 2);
+}
+
+fn v2_fixture_sessions() -> Vec<backstop::store::SessionSnapshot> {
+    (0..5)
+        .map(|i| {
+            let mut s = sample_snapshot(i, FAR);
+            s.access_token.nbf_offset_secs = -(i as i32) * 30;
+            s
+        })
+        .collect()
+}
+
+/// Artifacts 0..3 go to segments, 3.. to the WAL. 0 is first written current, then (in the
+/// WAL, as the last one) superseded by 1; 2 is revoked.
+fn v2_fixture_artifacts(store: &Store) -> Vec<ArtifactRecord> {
+    let d = |raw: &[u8]| store.artifact_digest(ArtifactKind::RefreshToken, raw);
+    let (d0, d1, d2) = (d(b"rt-0"), d(b"rt-1"), d(b"rt-2"));
+    let d3 = store.artifact_digest(ArtifactKind::SessionCookie, b"cookie-3");
+    let mut a0 = sample_artifact(0, d0, FAR);
+    a0.client_auth = ClientAuthMethod::SecretBasic;
+    let a1 = sample_artifact(0, d1, FAR);
+    let mut a2 = sample_artifact(2, d2, FAR);
+    a2.state = ArtifactState::Revoked;
+    a2.state_changed_at_secs = 1_700_000_500;
+    a2.client_auth = ClientAuthMethod::JwtAssertion;
+    let mut a3 = sample_artifact(3, d3, FAR);
+    a3.kind = ArtifactKind::SessionCookie;
+    a3.family = String::new();
+    a3.client_auth = ClientAuthMethod::Unknown;
+    let mut a0_superseded = a0.clone();
+    a0_superseded.state = ArtifactState::Superseded { successor: d1 };
+    a0_superseded.state_changed_at_secs = 1_700_000_600;
+    vec![a0, a1, a2, a3, a0_superseded]
+}
+
+fn v2_fixture_revocation(i: u64) -> RevocationRecord {
+    RevocationRecord {
+        id: format!("fixture-event-{i}"),
+        kind: 4,
+        subject_kind: 1,
+        subject: format!("user-{i}"),
+        time_secs: 1_700_000_000 + i as i64,
+        source: 1,
+        recorded_at_secs: 1_700_000_010 + i as i64,
+        expires_at_secs: FAR,
+    }
 }
 
 #[test]
@@ -548,4 +825,69 @@ fn background_compaction_reclaims_expired_records_with_no_new_writes() {
     }
     assert_eq!(store.stats().segment_records, 1, "{:?}", store.stats());
     assert_eq!(store.stats().memtable_records, 0);
+}
+
+/// `artifact_chain_current` follows rotations to the credential that stands for a session now.
+#[test]
+fn artifact_chain_follows_rotations_to_the_current_or_revoked_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d: Vec<_> = (0..5u8)
+        .map(|i| store.artifact_digest(ArtifactKind::RefreshToken, &[b'r', i]))
+        .collect();
+    let superseded = |i: usize, by: usize| {
+        let mut a = sample_artifact(1, d[i], FAR);
+        a.state = ArtifactState::Superseded { successor: d[by] };
+        a.state_changed_at_secs = 100 + i as i64;
+        a
+    };
+    // d0 -> d1 -> d2 (current). d3 -> d4 (revoked).
+    block(store.put_artifact(&superseded(0, 1))).unwrap();
+    block(store.put_artifact(&superseded(1, 2))).unwrap();
+    block(store.put_artifact(&sample_artifact(1, d[2], FAR))).unwrap();
+    block(store.put_artifact(&superseded(3, 4))).unwrap();
+    let mut revoked = sample_artifact(1, d[4], FAR);
+    revoked.state = ArtifactState::Revoked;
+    block(store.put_artifact(&revoked)).unwrap();
+
+    let head = |from: usize, hops: u32| {
+        store
+            .artifact_chain_current(&d[from], 0, hops)
+            .map(|v| v.to_record().unwrap().digest)
+    };
+    // A current record is its own head, with no hop needed.
+    assert_eq!(head(2, 0), Some(d[2]));
+    assert_eq!(head(0, 2), Some(d[2]));
+    assert_eq!(head(1, 1), Some(d[2]));
+    // Too long for the hop budget.
+    assert_eq!(head(0, 1), None);
+    assert_eq!(head(0, 0), None);
+    // A revoked head is returned (the caller answers invalid_grant).
+    assert_eq!(head(3, 1), Some(d[4]));
+    assert_eq!(
+        store.artifact_chain_current(&d[3], 0, 1).unwrap().state(),
+        ArtifactState::Revoked
+    );
+
+    // Broken chain: the successor was never recorded, or has expired.
+    let missing = store.artifact_digest(ArtifactKind::RefreshToken, b"never");
+    let mut dangling = sample_artifact(1, d[0], FAR);
+    dangling.state = ArtifactState::Superseded { successor: missing };
+    block(store.put_artifact(&dangling)).unwrap();
+    assert_eq!(head(0, 10), None);
+    let mut short = sample_artifact(1, d[2], 50);
+    short.state = ArtifactState::Current;
+    block(store.put_artifact(&short)).unwrap();
+    assert!(head(1, 10).is_some(), "not expired at 0");
+    assert!(store.artifact_chain_current(&d[1], 50, 10).is_none());
+
+    // A cycle ends at the hop budget instead of looping.
+    block(store.put_artifact(&superseded(0, 1))).unwrap();
+    block(store.put_artifact(&superseded(1, 0))).unwrap();
+    assert_eq!(head(0, 1000), None);
+
+    // Works the same once the records live in segments.
+    block(store.put_artifact(&superseded(1, 2))).unwrap();
+    store.compact(0).unwrap();
+    assert_eq!(head(0, 2), Some(d[2]));
 }

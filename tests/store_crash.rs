@@ -2,7 +2,9 @@
 //! commit allows, with background compaction running, and prints every acknowledged operation;
 //! the parent kills it at a random moment, reopens the store, and checks that every
 //! acknowledged record is there and intact, every acknowledged removal holds, and no record
-//! fails its checksum. Repeats on the same directory, so recovery runs over its own output.
+//! fails its checksum. Every third write also records a revocation event, which must survive
+//! the same way (DESIGN §6: durable before acknowledged, replayed on start). Repeats on the
+//! same directory, so recovery runs over its own output.
 //!
 //! `harness = false`: this binary is both the test and, with `BACKSTOP_STORE_CRASH_CHILD` set,
 //! the child. Rounds: 20, times `BACKSTOP_STORE_TEST_SCALE`.
@@ -18,7 +20,7 @@
 
 mod store_common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use backstop::store::model::SessionIdentity;
 use backstop::store::testutil::sample_snapshot;
-use backstop::store::{SessionSnapshot, Store, StoreOpts};
+use backstop::store::{RevocationRecord, SessionSnapshot, Store, StoreOpts};
 
 const CHILD_ENV: &str = "BACKSTOP_STORE_CRASH_CHILD";
 const FAR: i64 = 4_000_000_000;
@@ -58,6 +60,19 @@ fn snapshot(round: u64, i: u64) -> SessionSnapshot {
     s
 }
 
+fn revocation(round: u64, i: u64) -> RevocationRecord {
+    RevocationRecord {
+        id: format!("ev-{round}-{i}"),
+        kind: 4,
+        subject_kind: 1,
+        subject: format!("user-{i}"),
+        time_secs: (round * 1_000_000 + i) as i64,
+        source: 1,
+        recorded_at_secs: (round * 1_000_000 + i) as i64,
+        expires_at_secs: FAR,
+    }
+}
+
 fn child(dir: &Path, round: u64) {
     let store = Store::open(dir, opts_for(true)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -71,8 +86,13 @@ fn child(dir: &Path, round: u64) {
             let s = snapshot(round, i);
             let put = store.put_session(&s);
             let remove = (i % 5 == 0).then(|| store.remove_session(&s.identity));
+            let revoke = (i % 3 == 0).then(|| store.put_revocation(revocation(round, i)));
             let out = Arc::clone(&out);
             tasks.spawn(async move {
+                if let Some(revoke) = revoke {
+                    revoke.await.unwrap();
+                    writeln!(out.lock().unwrap(), "rev {round} {i}").unwrap();
+                }
                 put.await.unwrap();
                 writeln!(out.lock().unwrap(), "put {round} {i}").unwrap();
                 if let Some(remove) = remove {
@@ -104,6 +124,8 @@ enum Want {
 
 struct Expect {
     acked: HashMap<(u64, u64), Want>,
+    /// Revocation events acknowledged.
+    revoked: HashSet<(u64, u64)>,
 }
 
 fn identity(round: u64, i: u64) -> SessionIdentity {
@@ -125,6 +147,19 @@ fn verify(dir: &Path, expect: &Expect) -> Result<usize, String> {
             _ => {}
         }
     }
+    let events: HashMap<String, RevocationRecord> = store
+        .revocations()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    for &(round, i) in &expect.revoked {
+        let want = revocation(round, i);
+        match events.get(&want.id) {
+            None => return Err(format!("acknowledged event {round}/{i} is missing")),
+            Some(got) if *got != want => return Err(format!("event {round}/{i} differs")),
+            Some(_) => {}
+        }
+    }
     // Reading every record: compaction proves each one; none may fail its checksum.
     store.compact(0).map_err(|e| e.to_string())?;
     let st = store.stats();
@@ -143,6 +178,7 @@ fn parent() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut expect = Expect {
         acked: HashMap::new(),
+        revoked: HashSet::new(),
     };
     // xorshift: reproducible kill delays without a dependency.
     let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
@@ -151,6 +187,7 @@ fn parent() -> Result<(), String> {
         if round > 0 && round % ROUNDS_PER_DIR == 0 {
             dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             expect.acked.clear();
+            expect.revoked.clear();
         }
         let mut child = Command::new(&exe)
             .env(CHILD_ENV, format!("{}:{round}", dir.path().display()))
@@ -206,6 +243,9 @@ fn parent() -> Result<(), String> {
                 "del" => {
                     expect.acked.insert((r, i), Want::Absent);
                 }
+                "rev" => {
+                    expect.revoked.insert((r, i));
+                }
                 _ => {}
             }
         }
@@ -217,7 +257,8 @@ fn parent() -> Result<(), String> {
         let n = verify(dir.path(), &expect).map_err(|e| format!("round {round}: {e}"))?;
         let _ = before;
         println!(
-            "round {round}: killed {delay_ms} ms after ready, {new_acks} new acks, {n} records verified"
+            "round {round}: killed {delay_ms} ms after ready, {new_acks} new acks, {n} records and {} events verified",
+            expect.revoked.len()
         );
     }
     if total_kills_with_acks < rounds / 2 {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::dir::{self, io_err};
+use super::error::SegmentError;
 use super::error::StoreError;
 use super::format::{FORMAT_VERSION, kind};
 use super::keys::{Keys, RecordKey};
@@ -31,18 +32,74 @@ use super::{
 };
 use crate::limits;
 
-fn expires_at(rec: &RecordBytes) -> Option<i64> {
-    match rec.kind() {
-        kind::SESSION => rec.clone().into_session().map(|s| s.expires_at_secs()),
-        kind::ARTIFACT => rec.clone().into_artifact().map(|a| a.expires_at_secs()),
-        _ => None,
+/// Writes a segment file the crash-safe way: `tmp-{gen}.seg`, fsync, rename to
+/// `s{shard}-{gen}.seg`, fsync the directory. Returns the final path.
+fn write_segment_file(
+    dir_path: &Path,
+    shard: u32,
+    generation: u64,
+    bytes: &[u8],
+) -> Result<PathBuf, StoreError> {
+    let tmp = dir::seg_tmp_path(dir_path, generation);
+    let path = dir::seg_path(dir_path, shard, generation);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create segment", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write segment", &tmp))?;
+        f.sync_all().map_err(io_err("fsync segment", &tmp))?;
     }
+    std::fs::rename(&tmp, &path).map_err(io_err("rename segment", &tmp))?;
+    dir::sync_dir(&dir_path.join(dir::SEG_DIR))?;
+    Ok(path)
+}
+
+/// Converts an older-format segment file into a current one under `generation`: the new file
+/// is written and made durable first, then the old one is unlinked. A crash in between leaves
+/// both; the next open keeps the newer generation (same records) and removes the older.
+/// `Ok(Err(_))` when the old segment fails validation (the caller quarantines it).
+fn convert_segment(
+    dir_path: &Path,
+    shard: u32,
+    old: &Path,
+    generation: u64,
+) -> Result<Result<PathBuf, SegmentError>, StoreError> {
+    let bytes = std::fs::read(old).map_err(io_err("read segment", old))?;
+    let converted = match segment::upgrade(&bytes) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let path = write_segment_file(dir_path, shard, generation, &converted)?;
+    std::fs::remove_file(old).map_err(io_err("remove", old))?;
+    dir::sync_dir(&dir_path.join(dir::SEG_DIR))?;
+    Ok(Ok(path))
+}
+
+fn open_segment(
+    path: &Path,
+    generation: u64,
+    when: Validate,
+    shard: u32,
+    shard_count: u32,
+) -> Result<Segment, OpenSegmentError> {
+    Segment::open(path, generation, when).and_then(|s| {
+        let h = s.header();
+        if h.shard != shard || h.shard_count != shard_count {
+            return Err(OpenSegmentError::Invalid(SegmentError::Header {
+                field: "shard",
+            }));
+        }
+        Ok(s)
+    })
 }
 
 pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError> {
     dir::create_layout(dir_path)?;
     let lock = dir::lock(dir_path)?;
-    let shard_count = dir::check_or_write_format(dir_path, opts.shard_count)?;
+    let format_file = dir::check_or_write_format(dir_path, opts.shard_count)?;
+    let shard_count = format_file.shard_count;
     if shard_count != opts.shard_count {
         return Err(StoreError::ShardCountMismatch {
             configured: opts.shard_count,
@@ -52,17 +109,32 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
     let keys = Keys::load_or_create(dir_path)?;
     let group_count = opts.wal_groups.min(shard_count).max(1);
     let mut events = Vec::new();
-    let mut max_generation = 0u64;
     let mut quarantined = 0u64;
+
+    // Generations first, from every file name: converting an older-format segment below
+    // needs a generation no file has used.
+    let seg_dir = dir_path.join(dir::SEG_DIR);
+    let wal_dir = dir_path.join(dir::WAL_DIR);
+    let seg_names = dir::list(&seg_dir)?;
+    let wal_names = dir::list(&wal_dir)?;
+    let mut max_generation = seg_names
+        .iter()
+        .filter_map(|n| dir::parse_seg_name(n).map(|(_, g)| g))
+        .chain(
+            wal_names
+                .iter()
+                .filter_map(|n| dir::parse_wal_name(n).map(|(_, g)| g)),
+        )
+        .max()
+        .unwrap_or(0);
 
     // Segments: keep the newest generation of each shard. Older ones are leftovers of a
     // compaction that crashed after its rename (the newest contains all they held), and a
     // newest one that fails validation is quarantined without falling back to an older one,
     // which could resurrect records that were superseded since.
-    let seg_dir = dir_path.join(dir::SEG_DIR);
     let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
     let mut seg_files = Vec::new();
-    for name in dir::list(&seg_dir)? {
+    for name in seg_names {
         let path = seg_dir.join(&name);
         if name.starts_with("tmp-") {
             std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
@@ -72,7 +144,6 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
         let Some((shard, generation)) = dir::parse_seg_name(&name) else {
             continue;
         };
-        max_generation = max_generation.max(generation);
         seg_files.push((shard, generation, path));
         let e = newest.entry(shard).or_insert(generation);
         *e = (*e).max(generation);
@@ -96,15 +167,27 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             events.push(RecoveryEvent::StaleFileRemoved { path });
             continue;
         }
-        let opened = Segment::open(&path, generation, when).and_then(|s| {
-            let h = s.header();
-            if h.shard != shard || h.shard_count != shard_count {
-                return Err(OpenSegmentError::Invalid(super::SegmentError::Header {
-                    field: "shard",
-                }));
+        let mut path = path;
+        let mut opened = open_segment(&path, generation, when, shard, shard_count);
+        if let Err(OpenSegmentError::Invalid(SegmentError::OlderFormat { found })) = &opened {
+            // Upgrade in place, through the same write → fsync → rename → fsync-dir sequence
+            // as compaction (docs/store-format.md, "Upgrades").
+            let found = *found;
+            max_generation += 1;
+            match convert_segment(dir_path, shard, &path, max_generation)? {
+                Ok(new_path) => {
+                    tracing::info!(
+                        from = %path.display(),
+                        to = %new_path.display(),
+                        from_version = found,
+                        "store segment converted to the current format"
+                    );
+                    opened = open_segment(&new_path, max_generation, when, shard, shard_count);
+                    path = new_path;
+                }
+                Err(e) => opened = Err(OpenSegmentError::Invalid(e)),
             }
-            Ok(s)
-        });
+        }
         match opened {
             Ok(seg) => {
                 let seg = Arc::new(seg);
@@ -113,10 +196,7 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
                 }
                 shard_segments.insert(shard, seg);
             }
-            Err(OpenSegmentError::Invalid(super::SegmentError::NewerFormat {
-                found,
-                supported,
-            })) => {
+            Err(OpenSegmentError::Invalid(SegmentError::NewerFormat { found, supported })) => {
                 return Err(StoreError::NewerFormat {
                     path,
                     found,
@@ -136,20 +216,19 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
 
     // WAL: replay every file in generation order (per group order does not matter: a key
     // lives in exactly one group, and groups are fixed by shard), truncating torn tails.
-    let wal_dir = dir_path.join(dir::WAL_DIR);
     let mut wal_files: Vec<(u64, u32, PathBuf)> = Vec::new();
-    for name in dir::list(&wal_dir)? {
+    for name in wal_names {
         if let Some((g, generation)) = dir::parse_wal_name(&name) {
-            max_generation = max_generation.max(generation);
             wal_files.push((generation, g, wal_dir.join(name)));
         }
     }
     wal_files.sort();
     let mut replayed: Replayed = HashMap::new();
     let mut truncations = 0u64;
+    let mut older_wal = false;
     for (_, _, path) in &wal_files {
         let bytes = wal::read_file(path).map_err(io_err("read wal", path))?;
-        match wal::decode_file_header(&bytes) {
+        let version = match wal::decode_file_header(&bytes) {
             None => {
                 // Only a header that never became durable can be torn: `create_wal` syncs
                 // the header and the directory before any record is appended.
@@ -164,8 +243,11 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
                     supported: FORMAT_VERSION,
                 });
             }
-            Some(_) => {}
-        }
+            Some(h) => h.format_version,
+        };
+        // An older file's records are converted as they are replayed; the upgrade below
+        // then compacts them into current segments and deletes the file.
+        older_wal |= version < FORMAT_VERSION;
         let (_, torn) = wal::replay(&bytes, |rec| {
             let shard = rec.key.shard(shard_count);
             let value = if rec.kind == kind::TOMBSTONE {
@@ -174,8 +256,7 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
                     bytes: MEM_ENTRY_OVERHEAD_BYTES,
                 }
             } else {
-                let Some(r) = RecordBytes::check_owned(rec.kind, segment::aligned_copy(rec.body))
-                else {
+                let Some(r) = super::proven_wal_body(version, rec.kind, rec.body) else {
                     return false;
                 };
                 let bytes = r.bytes().len() as u64 + MEM_ENTRY_OVERHEAD_BYTES;
@@ -274,11 +355,36 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
         validators.push(h);
     }
 
-    let compactor = match opts.compaction {
+    let mut store = Store {
+        engine,
+        writers,
+        compactor: None,
+        validators,
+    };
+
+    if format_file.version < FORMAT_VERSION || older_wal {
+        // Older segments were converted above; what remains of the old format is in the
+        // in-memory tables (replayed from older WAL files). Compacting every group writes it
+        // to current segments and deletes those WAL files; only then does FORMAT say so. A
+        // crash before the FORMAT write leaves current files under an older FORMAT, which
+        // the next open finishes the same way. Nothing expires here (`i64::MIN`): open has
+        // no clock.
+        for g in 0..group_count {
+            store.engine.compact_group(g, i64::MIN)?;
+        }
+        dir::write_format(dir_path, shard_count)?;
+        tracing::info!(
+            from_version = format_file.version,
+            to_version = FORMAT_VERSION,
+            "store upgraded to the current format"
+        );
+    }
+
+    store.compactor = match opts.compaction {
         Compaction::Manual => None,
         Compaction::Background { clock } => {
             let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
-            let e = engine.clone();
+            let e = store.engine.clone();
             let (bytes_max, age_secs) = (opts.memtable_bytes_max, opts.compact_age_secs);
             let h = std::thread::Builder::new()
                 .name("store-compact".into())
@@ -287,12 +393,7 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
             Some((stop, h))
         }
     };
-    Ok(Store {
-        engine,
-        writers,
-        compactor,
-        validators,
-    })
+    Ok(store)
 }
 
 fn validate_in_background(core: &Core, segs: Vec<Arc<Segment>>) {
@@ -442,7 +543,7 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
     let mut input: Vec<(u128, RecordBytes, i64)> = live
         .into_iter()
         .filter_map(|(k, r)| {
-            let exp = expires_at(&r)?;
+            let exp = segment::record_expires_at(&r)?;
             (exp > now_secs).then_some((k, r, exp))
         })
         .collect();
@@ -463,19 +564,7 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
             .collect();
         let bytes = segment::build(shard_id, core.shard_count, &build);
         let generation = core.next_generation();
-        let tmp = dir::seg_tmp_path(&core.dir, generation);
-        let path = dir::seg_path(&core.dir, shard_id, generation);
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_err("create segment", &tmp))?;
-            f.write_all(&bytes).map_err(io_err("write segment", &tmp))?;
-            f.sync_all().map_err(io_err("fsync segment", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io_err("rename segment", &tmp))?;
-        dir::sync_dir(&core.dir.join(dir::SEG_DIR))?;
+        let path = write_segment_file(&core.dir, shard_id, generation, &bytes)?;
         // The pair of the checksum computed before the rename: map what is on disk now and
         // validate it in full before it serves.
         let seg = Segment::open(&path, generation, Validate::Now).map_err(|e| StoreError::Io {

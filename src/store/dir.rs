@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
-use super::format::FORMAT_VERSION;
+use super::format::{FORMAT_VERSION, FORMAT_VERSION_MIN};
 
 /// Sub-directory of WAL files.
 pub const WAL_DIR: &str = "wal";
@@ -79,8 +79,17 @@ pub fn lock(dir: &Path) -> Result<DirLock, StoreError> {
     }
 }
 
-/// Reads the `FORMAT` file, or writes it for a new store. Returns the store's shard count.
-pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<u32, StoreError> {
+/// What the `FORMAT` file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatFile {
+    /// The store's format version (`FORMAT_VERSION_MIN..=FORMAT_VERSION`).
+    pub version: u32,
+    /// The store's shard count (fixed at creation).
+    pub shard_count: u32,
+}
+
+/// Reads the `FORMAT` file, or writes it (current version) for a new store.
+pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<FormatFile, StoreError> {
     let path = dir.join(FORMAT_FILE);
     match File::open(&path) {
         Ok(f) => {
@@ -117,33 +126,49 @@ pub fn check_or_write_format(dir: &Path, shard_count: u32) -> Result<u32, StoreE
                     supported: FORMAT_VERSION,
                 });
             }
+            if version < FORMAT_VERSION_MIN {
+                return Err(bad("format_version is older than any this build reads"));
+            }
             let shards = shards.ok_or_else(|| bad("no shard_count line"))?;
             if shards == 0 {
                 return Err(bad("shard_count is 0"));
             }
-            Ok(shards)
+            Ok(FormatFile {
+                version,
+                shard_count: shards,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join("FORMAT.tmp");
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            let body = format!(
-                "backstop session store\nformat_version={FORMAT_VERSION}\nshard_count={shard_count}\n"
-            );
-            f.write_all(body.as_bytes())
-                .map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-            sync_dir(dir)?;
-            Ok(shard_count)
+            write_format(dir, shard_count)?;
+            Ok(FormatFile {
+                version: FORMAT_VERSION,
+                shard_count,
+            })
         }
         Err(e) => Err(io_err("open", &path)(e)),
     }
+}
+
+/// Writes the `FORMAT` file for the current version atomically: temp file, fsync, rename,
+/// fsync the directory. Used at creation and as the last step of an upgrade.
+pub fn write_format(dir: &Path, shard_count: u32) -> Result<(), StoreError> {
+    let path = dir.join(FORMAT_FILE);
+    let tmp = dir.join("FORMAT.tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    let body = format!(
+        "backstop session store\nformat_version={FORMAT_VERSION}\nshard_count={shard_count}\n"
+    );
+    f.write_all(body.as_bytes())
+        .map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
 }
 
 /// `wal/g{group}-{generation}.wal`

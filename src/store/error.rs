@@ -143,6 +143,12 @@ pub enum SegmentError {
         /// Newest this build reads.
         supported: u32,
     },
+    /// Written by an older format: converted at open (`segment::upgrade`), never served as is.
+    #[error("segment format version {found} is older than this build's; it must be converted")]
+    OlderFormat {
+        /// Version in the header.
+        found: u32,
+    },
     /// A checksum did not match.
     #[error("segment {region} checksum mismatch")]
     Checksum {

@@ -5,16 +5,23 @@
 //! aligned, 32-bit relative pointers) are pinned in `Cargo.toml`; changing them, or any field
 //! below, changes the format and must bump [`FORMAT_VERSION`] (see `docs/store-format.md`).
 
+pub mod v1;
+
+use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::model::{
     ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
-    DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
+    DeviceCompliance, RevocationRecord, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
 };
 
 /// Format version written in the `FORMAT` file, every WAL header and every segment header.
-/// A directory or file with a larger one is refused (written by a newer backstop).
+/// A directory or file with a larger one is refused (written by a newer backstop); one with a
+/// smaller one is converted at open (`docs/store-format.md`, "Upgrades").
 pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format this build reads (and converts).
+pub const FORMAT_VERSION_MIN: u32 = v1::VERSION;
 
 /// Alignment of every archived record: rkyv's `AlignedVec` alignment, a multiple of the
 /// largest alignment in these types (8, for `i64`).
@@ -28,6 +35,8 @@ pub mod kind {
     pub const ARTIFACT: u8 = 2;
     /// A removal: hides older records of the same key. WAL and memory only, never in segments.
     pub const TOMBSTONE: u8 = 3;
+    /// A revocation event (`DiskRevocation`). Since format 2.
+    pub const REVOCATION: u8 = 4;
 }
 
 /// A token template on disk.
@@ -127,6 +136,69 @@ pub struct DiskArtifact {
     pub issued_at_secs: i64,
     /// Expires at, unix seconds.
     pub expires_at_secs: i64,
+}
+
+/// A revocation event on disk (since format 2).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DiskRevocation {
+    /// Event id; compared in full on lookup (the routing key is a keyed hash of it).
+    pub id: String,
+    /// Event kind code.
+    pub kind: u8,
+    /// Subject kind code.
+    pub subject_kind: u8,
+    /// Source code.
+    pub source: u8,
+    /// Subject identifier.
+    pub subject: String,
+    /// When the event happened, unix seconds.
+    pub time_secs: i64,
+    /// When backstop recorded it, unix seconds.
+    pub recorded_at_secs: i64,
+    /// When it may be dropped, unix seconds.
+    pub expires_at_secs: i64,
+}
+
+impl DiskRevocation {
+    /// The on-disk form of a revocation event.
+    pub fn from_record(r: &RevocationRecord) -> Self {
+        DiskRevocation {
+            id: r.id.clone(),
+            kind: r.kind,
+            subject_kind: r.subject_kind,
+            source: r.source,
+            subject: r.subject.clone(),
+            time_secs: r.time_secs,
+            recorded_at_secs: r.recorded_at_secs,
+            expires_at_secs: r.expires_at_secs,
+        }
+    }
+}
+
+impl ArchivedDiskRevocation {
+    /// Whether this record is the event `id` (the full id, byte for byte).
+    pub fn is_id(&self, id: &str) -> bool {
+        self.id.as_str() == id
+    }
+
+    /// Expiry, unix seconds.
+    pub fn expires_at_secs(&self) -> i64 {
+        self.expires_at_secs.to_native()
+    }
+
+    /// Copies the record out into a domain value.
+    pub fn to_record(&self) -> RevocationRecord {
+        RevocationRecord {
+            id: self.id.as_str().to_owned(),
+            kind: self.kind,
+            subject_kind: self.subject_kind,
+            subject: self.subject.as_str().to_owned(),
+            time_secs: self.time_secs.to_native(),
+            source: self.source,
+            recorded_at_secs: self.recorded_at_secs.to_native(),
+            expires_at_secs: self.expires_at_secs.to_native(),
+        }
+    }
 }
 
 const fn risk_code(r: RiskLevel) -> u8 {
@@ -375,5 +447,111 @@ impl ArchivedDiskArtifact {
             issued_at_secs: self.issued_at_secs.to_native(),
             expires_at_secs: self.expires_at_secs.to_native(),
         })
+    }
+}
+
+// Conversions from older formats. Written out field by field: every field the old format
+// lacked gets its documented default (`docs/store-format.md`, format log).
+
+fn template_from_v1(t: &v1::ArchivedDiskTemplate) -> DiskTemplate {
+    DiskTemplate {
+        claims_json: t.claims_json.as_slice().to_vec(),
+        time_claims: t.time_claims,
+        lifetime_secs: t.lifetime_secs.to_native(),
+        alg: t.alg.as_str().to_owned(),
+        typ: t.typ.as_str().to_owned(),
+        // v1 kept no `nbf` offset: 0 is what a token whose `nbf` equals `iat` carries.
+        nbf_offset_secs: 0,
+    }
+}
+
+fn session_from_v1(s: &v1::ArchivedDiskSession) -> DiskSession {
+    DiskSession {
+        tenant: s.tenant.as_str().to_owned(),
+        user: s.user.as_str().to_owned(),
+        device: s.device.as_str().to_owned(),
+        app: s.app.as_str().to_owned(),
+        resource: s.resource.as_str().to_owned(),
+        home_tenant: s.home_tenant,
+        auth_time_secs: s.auth_time_secs.to_native(),
+        recorded_at_secs: s.recorded_at_secs.to_native(),
+        expires_at_secs: s.expires_at_secs.to_native(),
+        amr: strings(&s.amr),
+        acr: s.acr.as_str().to_owned(),
+        groups: strings(&s.groups),
+        roles: strings(&s.roles),
+        sign_in_risk: s.sign_in_risk,
+        user_risk: s.user_risk,
+        device_platform: s.device_platform.as_str().to_owned(),
+        device_compliance: s.device_compliance,
+        dpop_jkt: s.dpop_jkt.as_ref().map(|j| j.as_str().to_owned()),
+        access_token: template_from_v1(&s.access_token),
+        id_token: s.id_token.as_ref().map(template_from_v1),
+        scopes: strings(&s.scopes),
+        token_type: s.token_type.as_str().to_owned(),
+    }
+}
+
+fn artifact_from_v1(a: &v1::ArchivedDiskArtifact) -> DiskArtifact {
+    DiskArtifact {
+        kind: a.kind,
+        digest: a.digest,
+        tenant: a.tenant.as_str().to_owned(),
+        user: a.user.as_str().to_owned(),
+        device: a.device.as_str().to_owned(),
+        app: a.app.as_str().to_owned(),
+        // Unknown before v2: an empty resource and family, an unknown client method (which
+        // the outage path refuses to serve for confidential clients: fail closed), and the
+        // state every v1 record was in, current (v1 removed rotated-out tokens instead).
+        resource: String::new(),
+        family: String::new(),
+        client_auth: ClientAuthMethod::Unknown.code(),
+        state: ArtifactState::Current.code(),
+        successor: [0; 32],
+        state_changed_at_secs: 0,
+        issued_at_secs: a.issued_at_secs.to_native(),
+        expires_at_secs: a.expires_at_secs.to_native(),
+    }
+}
+
+/// Why a record of an older format could not be converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    /// The version is not one this build converts from.
+    #[error("format version {0} cannot be converted by this build")]
+    Version(u32),
+    /// The kind byte names no record of that version.
+    #[error("record kind {0} does not exist in that format version")]
+    Kind(u8),
+    /// The bytes are not a valid archive of that version and kind.
+    #[error("record is not a valid archive of its format version")]
+    Archive,
+    /// Serializing the converted record failed.
+    #[error("re-encoding the converted record failed: {0}")]
+    Encode(String),
+}
+
+/// Re-encodes a record archived by format `version` (older than [`FORMAT_VERSION`]) as a
+/// current-format archive of the same kind. The bytes must start `RECORD_ALIGN`-aligned. The
+/// old archive is read through rkyv's checked access, so any bytes are safe to pass.
+pub fn upgrade_record(
+    version: u32,
+    kind_byte: u8,
+    bytes: &[u8],
+) -> Result<AlignedVec<RECORD_ALIGN>, UpgradeError> {
+    if version != v1::VERSION {
+        return Err(UpgradeError::Version(version));
+    }
+    let enc = |e: rkyv::rancor::Error| UpgradeError::Encode(e.to_string());
+    match kind_byte {
+        kind::SESSION => {
+            let s = v1::session(bytes).ok_or(UpgradeError::Archive)?;
+            rkyv::to_bytes::<rkyv::rancor::Error>(&session_from_v1(s)).map_err(enc)
+        }
+        kind::ARTIFACT => {
+            let a = v1::artifact(bytes).ok_or(UpgradeError::Archive)?;
+            rkyv::to_bytes::<rkyv::rancor::Error>(&artifact_from_v1(a)).map_err(enc)
+        }
+        k => Err(UpgradeError::Kind(k)),
     }
 }

@@ -14,8 +14,9 @@ use super::error::StoreError;
 use super::format::{ArchivedDiskArtifact, ArchivedDiskSession, kind};
 use super::keys::{Keys, RecordKey, artifact_key};
 use super::mapped::RecordBytes;
+use super::model::ArtifactState;
 use super::model::{ArtifactDigest, ArtifactKind, SessionIdentity};
-use super::segment::{self, Found, Segment, Validate};
+use super::segment::{self, Found, Segment};
 use super::wal;
 
 /// What to report.
@@ -76,11 +77,13 @@ fn bucket(expires_at_secs: i64, now_secs: i64) -> usize {
 }
 
 fn expires_of(rec: &RecordBytes) -> Option<i64> {
-    match rec.kind() {
-        kind::SESSION => rec.clone().into_session().map(|s| s.expires_at_secs()),
-        kind::ARTIFACT => rec.clone().into_artifact().map(|a| a.expires_at_secs()),
-        _ => None,
-    }
+    segment::record_expires_at(rec)
+}
+
+/// The format version in a WAL file's header; `None` if the header is torn. Records of an
+/// older version are converted in memory as they are read (`proven_wal_body`), as open would.
+fn wal_version(bytes: &[u8]) -> Option<u32> {
+    wal::decode_file_header(bytes).map(|h| h.format_version)
 }
 
 struct WalFileInfo {
@@ -142,9 +145,10 @@ pub fn run(
         return Err(InspectError::NotAStore(dir_path.to_path_buf()));
     }
     // Refuses a newer format exactly as `Store::open` does; writes nothing for an existing file.
-    let shard_count = dir::check_or_write_format(dir_path, 1)?;
+    let format = dir::check_or_write_format(dir_path, 1)?;
+    let shard_count = format.shard_count;
     match query {
-        InspectQuery::Summary => summary(dir_path, shard_count, now_secs, out),
+        InspectQuery::Summary => summary(dir_path, format, now_secs, out),
         InspectQuery::Session(id) => {
             let keys = Keys::load(dir_path)?;
             let key = keys.session_key(id);
@@ -183,15 +187,15 @@ fn find(d: &Path, shard_count: u32, key: RecordKey) -> Result<Option<RecordBytes
     let mut newest: Option<Option<RecordBytes>> = None;
     for path in &wals {
         let bytes = wal::read_file(path).map_err(dir::io_err("read wal", path))?;
-        if wal::decode_file_header(&bytes).is_none() {
+        let Some(version) = wal_version(&bytes) else {
             continue;
-        }
+        };
         let _ = wal::replay(&bytes, |r| {
             if r.key == key {
                 newest = Some(if r.kind == kind::TOMBSTONE {
                     None
                 } else {
-                    RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
+                    super::proven_wal_body(version, r.kind, r.body)
                 });
             }
             true
@@ -204,7 +208,7 @@ fn find(d: &Path, shard_count: u32, key: RecordKey) -> Result<Option<RecordBytes
     let Some((generation, path)) = segs.get(&shard) else {
         return Ok(None);
     };
-    match Segment::open(path, *generation, Validate::Later) {
+    match Segment::open_converting(path, *generation) {
         Ok(seg) => Ok(match seg.find(key) {
             Found::Record(r) => Some(r),
             Found::Absent | Found::Corrupt => None,
@@ -215,13 +219,23 @@ fn find(d: &Path, shard_count: u32, key: RecordKey) -> Result<Option<RecordBytes
 
 fn summary(
     d: &Path,
-    shard_count: u32,
+    format: dir::FormatFile,
     now_secs: i64,
     out: &mut impl Write,
 ) -> Result<(), InspectError> {
     let (segs, wals) = listing(d)?;
     writeln!(out, "store {}", d.display())?;
-    writeln!(out, "shards: {shard_count}")?;
+    writeln!(
+        out,
+        "format version: {}{}",
+        format.version,
+        if format.version < super::format::FORMAT_VERSION {
+            " (converted to the current format at the next open)"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(out, "shards: {}", format.shard_count)?;
     let total_bytes: u64 = segs
         .values()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
@@ -229,16 +243,21 @@ fn summary(
         .sum();
     let bar = progress(total_bytes, "validating segments");
     let mut hist = [0u64; BUCKETS.len()];
-    let (mut sessions, mut artifacts, mut seg_bytes, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sessions, mut artifacts, mut revocations) = (0u64, 0u64, 0u64);
+    let (mut seg_bytes, mut bad) = (0u64, 0u64);
     writeln!(out, "\nsegments (newest per shard):")?;
     writeln!(
         out,
-        "  {:>6} {:>10} {:>10} {:>12}  health",
-        "shard", "sessions", "artifacts", "bytes"
+        "  {:>6} {:>7} {:>10} {:>10} {:>11} {:>12}  health",
+        "shard", "version", "sessions", "artifacts", "revocations", "bytes"
     )?;
     for (shard, (generation, path)) in &segs {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let health = match Segment::open(path, *generation, Validate::Later) {
+        let on_disk_version = std::fs::read(path)
+            .ok()
+            .and_then(|b| b.get(8..12).and_then(|v| <[u8; 4]>::try_from(v).ok()))
+            .map_or(0, u32::from_le_bytes);
+        let health = match Segment::open_converting(path, *generation) {
             Err(e) => {
                 bad += 1;
                 format!("INVALID: {e}")
@@ -252,6 +271,7 @@ fn summary(
                     let h = *seg.header();
                     sessions += h.session_count;
                     artifacts += h.artifact_count;
+                    revocations += h.revocation_count;
                     for (_, rec) in seg.records() {
                         if let Some(e) = expires_of(&rec)
                             && let Some(b) = hist.get_mut(bucket(e, now_secs))
@@ -269,20 +289,26 @@ fn summary(
         };
         seg_bytes += len;
         bar.inc(len);
-        let (s, a) = match Segment::open(path, *generation, Validate::Later) {
-            Ok(seg) => (seg.header().session_count, seg.header().artifact_count),
-            Err(_) => (0, 0),
+        let (s, a, r) = match Segment::open_converting(path, *generation) {
+            Ok(seg) => {
+                let h = seg.header();
+                (h.session_count, h.artifact_count, h.revocation_count)
+            }
+            Err(_) => (0, 0, 0),
         };
-        writeln!(out, "  {shard:>6} {s:>10} {a:>10} {len:>12}  {health}")?;
+        writeln!(
+            out,
+            "  {shard:>6} {on_disk_version:>7} {s:>10} {a:>10} {r:>11} {len:>12}  {health}"
+        )?;
     }
     bar.finish_and_clear();
     let mut wal_infos = Vec::new();
     for path in &wals {
         let bytes = wal::read_file(path).map_err(dir::io_err("read wal", path))?;
-        let (records, torn) = if wal::decode_file_header(&bytes).is_some() {
+        let (records, torn) = if let Some(version) = wal_version(&bytes) {
             wal::replay(&bytes, |r| {
                 if r.kind != kind::TOMBSTONE
-                    && let Some(e) = RecordBytes::check_owned(r.kind, segment::aligned_copy(r.body))
+                    && let Some(e) = super::proven_wal_body(version, r.kind, r.body)
                         .as_ref()
                         .and_then(expires_of)
                     && let Some(b) = hist.get_mut(bucket(e, now_secs))
@@ -338,7 +364,7 @@ fn summary(
     };
     writeln!(
         out,
-        "\ntotals: {sessions} sessions and {artifacts} artifacts in segments, {seg_bytes} segment bytes, {} WAL records",
+        "\ntotals: {sessions} sessions and {artifacts} artifacts in segments ({revocations} revocation events), {seg_bytes} segment bytes, {} WAL records",
         wal_infos.iter().map(|w| w.records).sum::<u64>()
     )?;
     writeln!(
@@ -436,6 +462,27 @@ fn print_artifact(
         a.user.as_str(),
         a.device.as_str(),
         a.app.as_str()
+    )?;
+    writeln!(
+        out,
+        "  resource={:?} family={:?} client_auth={:?}",
+        a.resource.as_str(),
+        a.family.as_str(),
+        super::model::ClientAuthMethod::from_code(a.client_auth)
+    )?;
+    let state = match a.state() {
+        ArtifactState::Current => "current".to_owned(),
+        ArtifactState::Superseded { successor } => {
+            // A prefix is enough to find the successor with `--artifact` and a log search.
+            let hex = successor.to_hex();
+            format!("superseded by {}..", hex.get(..16).unwrap_or(&hex))
+        }
+        ArtifactState::Revoked => "revoked".to_owned(),
+    };
+    writeln!(
+        out,
+        "  state: {state}  state_changed_at: {}",
+        a.state_changed_at_secs.to_native()
     )?;
     let exp = a.expires_at_secs();
     writeln!(

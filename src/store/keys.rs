@@ -127,6 +127,22 @@ impl Keys {
         ))
     }
 
+    /// The routing key of a revocation event: keyed xxh3-128 over `"R" ‖ u32 len ‖ id`. The
+    /// domain byte keeps it apart from session keys (`"S"`), which use the same secret; the
+    /// secret keeps anyone from choosing ids that collide. A lookup compares the full id.
+    pub fn revocation_key(&self, id: &str) -> RecordKey {
+        let len = u32::try_from(id.len()).unwrap_or(u32::MAX);
+        let mut buf = Vec::with_capacity(5 + id.len());
+        buf.push(b'R');
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(id.as_bytes());
+        // INVARIANT: the secret is SESSION_SECRET_BYTES >= 136 (asserted above).
+        RecordKey(xxhash_rust::xxh3::xxh3_128_with_secret(
+            &buf,
+            &self.session.0,
+        ))
+    }
+
     /// HMAC-SHA-256 under the pepper over the kind byte and the raw credential.
     pub fn artifact_digest(&self, kind: ArtifactKind, raw: &[u8]) -> ArtifactDigest {
         // INVARIANT: HMAC accepts keys of any length; new_from_slice cannot fail.

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use rkyv::rancor::Failure;
 use rkyv::util::AlignedVec;
 
-use super::format::{ArchivedDiskArtifact, ArchivedDiskSession, RECORD_ALIGN, kind};
+use super::format::{
+    ArchivedDiskArtifact, ArchivedDiskRevocation, ArchivedDiskSession, RECORD_ALIGN, kind,
+};
 
 /// Bytes a record or segment lives in: a read-only file mapping, or an aligned heap buffer
 /// (in-memory table entries, tests and Miri, fuzzing).
@@ -57,6 +59,7 @@ pub fn check_archive(kind_byte: u8, bytes: &[u8]) -> bool {
     match kind_byte {
         kind::SESSION => rkyv::access::<ArchivedDiskSession, Failure>(bytes).is_ok(),
         kind::ARTIFACT => rkyv::access::<ArchivedDiskArtifact, Failure>(bytes).is_ok(),
+        kind::REVOCATION => rkyv::access::<ArchivedDiskRevocation, Failure>(bytes).is_ok(),
         _ => false,
     }
 }
@@ -162,7 +165,10 @@ impl RecordBytes {
         if xxhash_rust::xxh3::xxh3_64(rec) != claim.xxh3 {
             return None;
         }
-        if !matches!(claim.kind, kind::SESSION | kind::ARTIFACT) {
+        if !matches!(
+            claim.kind,
+            kind::SESSION | kind::ARTIFACT | kind::REVOCATION
+        ) {
             return None;
         }
         Some(RecordBytes {
@@ -211,6 +217,11 @@ impl RecordBytes {
     pub fn into_artifact(self) -> Option<ArtifactRef> {
         (self.kind == kind::ARTIFACT).then_some(ArtifactRef(self))
     }
+
+    /// The record as a revocation event, if it is one.
+    pub fn into_revocation(self) -> Option<RevocationRef> {
+        (self.kind == kind::REVOCATION).then_some(RevocationRef(self))
+    }
 }
 
 /// A borrowed, zero-copy view of an archived session snapshot. Holds its backing alive, so a
@@ -221,6 +232,10 @@ pub struct SessionRef(RecordBytes);
 /// A borrowed, zero-copy view of an archived artifact record.
 #[derive(Clone)]
 pub struct ArtifactRef(RecordBytes);
+
+/// A borrowed, zero-copy view of an archived revocation event.
+#[derive(Clone)]
+pub struct RevocationRef(RecordBytes);
 
 impl std::ops::Deref for SessionRef {
     type Target = ArchivedDiskSession;
@@ -241,6 +256,15 @@ impl std::ops::Deref for ArtifactRef {
         // SAFETY: as for SessionRef, with kind ARTIFACT proven by
         // `rkyv::access::<ArchivedDiskArtifact>` on the same bytes.
         unsafe { rkyv::access_unchecked::<ArchivedDiskArtifact>(self.0.bytes()) }
+    }
+}
+
+impl std::ops::Deref for RevocationRef {
+    type Target = ArchivedDiskRevocation;
+    fn deref(&self) -> &ArchivedDiskRevocation {
+        // SAFETY: as for SessionRef, with kind REVOCATION proven by
+        // `rkyv::access::<ArchivedDiskRevocation>` on the same bytes.
+        unsafe { rkyv::access_unchecked::<ArchivedDiskRevocation>(self.0.bytes()) }
     }
 }
 
@@ -358,6 +382,28 @@ mod tests {
             .into_artifact()
             .unwrap();
         assert_eq!(a.expires_at_secs(), 2);
+    }
+
+    #[test]
+    fn owned_revocation_reads_back_unchecked_and_is_no_other_kind() {
+        let r = crate::store::format::DiskRevocation {
+            id: "ev-1".into(),
+            kind: 1,
+            subject_kind: 1,
+            source: 1,
+            subject: "alice".into(),
+            time_secs: 10,
+            recorded_at_secs: 11,
+            expires_at_secs: 12,
+        };
+        let b = rkyv::to_bytes::<rkyv::rancor::Error>(&r).unwrap();
+        assert!(RecordBytes::check_owned(kind::SESSION, b.clone()).is_none());
+        let rb = RecordBytes::check_owned(kind::REVOCATION, b).unwrap();
+        assert!(rb.clone().into_artifact().is_none());
+        let v = rb.into_revocation().unwrap();
+        assert!(v.is_id("ev-1"));
+        assert_eq!(v.expires_at_secs(), 12);
+        assert_eq!(v.subject.as_str(), "alice");
     }
 
     #[test]

@@ -36,15 +36,17 @@ use arc_swap::ArcSwap;
 
 pub use error::{SegmentError, StoreError, WalRecordError};
 pub use keys::{Keys, RecordKey};
-pub use mapped::{ArtifactRef as ArtifactView, SessionRef as SessionView};
+pub use mapped::{
+    ArtifactRef as ArtifactView, RevocationRef as RevocationView, SessionRef as SessionView,
+};
 pub use model::{
     ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
-    DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
+    DeviceCompliance, RevocationRecord, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
 };
 pub use wal::{StdWalBackend, WalBackend, WalFile};
 
 use crate::limits;
-use format::{DiskArtifact, DiskSession, kind};
+use format::{DiskArtifact, DiskRevocation, DiskSession, FORMAT_VERSION, kind};
 use mapped::RecordBytes;
 use segment::{Found, Segment};
 
@@ -383,10 +385,10 @@ fn prepared(kind_byte: u8, b: rkyv::util::AlignedVec) -> Result<Option<RecordByt
             limit_name: "STORE_RECORD_BYTES_MAX",
         });
     }
-    let what = if kind_byte == kind::SESSION {
-        "session"
-    } else {
-        "artifact"
+    let what = match kind_byte {
+        kind::SESSION => "session",
+        kind::ARTIFACT => "artifact",
+        _ => "revocation",
     };
     // Proving our own serialization costs a bytecheck pass per write, off the read path, and
     // makes every in-memory record reach readers through the same proof.
@@ -396,6 +398,24 @@ fn prepared(kind_byte: u8, b: rkyv::util::AlignedVec) -> Result<Option<RecordByt
             what,
             reason: "serialized bytes failed validation".into(),
         })
+}
+
+/// Proves the body of a WAL record written by format `version`: a current-format body by
+/// rkyv's checked access, an older one by converting it first (`format::upgrade_record`, which
+/// reads the old archive through checked access too). `None` if either fails.
+fn proven_wal_body(version: u32, kind_byte: u8, body: &[u8]) -> Option<RecordBytes> {
+    let aligned = segment::aligned_copy(body);
+    if version == FORMAT_VERSION {
+        RecordBytes::check_owned(kind_byte, aligned)
+    } else {
+        let converted = format::upgrade_record(version, kind_byte, &aligned).ok()?;
+        RecordBytes::check_owned(kind_byte, converted)
+    }
+}
+
+fn check_revocation(r: &RevocationRecord) -> Result<(), StoreError> {
+    check_len("revocation.id", &r.id)?;
+    check_len("revocation.subject", &r.subject)
 }
 
 fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
@@ -497,6 +517,8 @@ impl Store {
         ]
         .into_iter()
         .try_for_each(|(f, v)| check_len(f, v))
+        .and_then(|()| check_len("resource", &a.resource))
+        .and_then(|()| check_len("family", &a.family))
         .and_then(|()| {
             let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a))
                 .map_err(|e| StoreError::Encode {
@@ -540,6 +562,131 @@ impl Store {
         let key = keys::artifact_key(digest);
         let a = self.engine.core.lookup(key)?.into_artifact()?;
         (a.is_digest(digest) && a.expires_at_secs() > now_secs).then_some(a)
+    }
+
+    /// Follows `Superseded { successor }` links from `digest`, at most `max_hops` of them, and
+    /// returns the first record that is not superseded (current or revoked): the credential
+    /// that now stands for `digest`'s session, e.g. to revoke a whole refresh-token family when
+    /// the primary refuses a rotated-out token. `None` if a link leads to a missing or expired
+    /// record, or the chain is longer than `max_hops` (which also ends any cycle).
+    pub fn artifact_chain_current(
+        &self,
+        digest: &ArtifactDigest,
+        now_secs: i64,
+        max_hops: u32,
+    ) -> Option<ArtifactView> {
+        let mut at = *digest;
+        for _ in 0..=max_hops {
+            let a = self.get_artifact(&at, now_secs)?;
+            match a.state() {
+                ArtifactState::Superseded { successor } => at = successor,
+                ArtifactState::Current | ArtifactState::Revoked => return Some(a),
+            }
+        }
+        None
+    }
+
+    /// The routing key of a revocation event id (for `inspect` and tests).
+    pub fn revocation_key(&self, id: &str) -> RecordKey {
+        self.engine.core.keys.revocation_key(id)
+    }
+
+    /// Records a revocation event (DESIGN §6). The future resolves once the event is durable
+    /// (its WAL batch was fsynced) and visible to [`Store::revocations`]. Idempotent by `id`:
+    /// when the same event is already stored this is a success that writes nothing; a
+    /// different event under a known id replaces it (last write wins). Dropped by compaction
+    /// once `expires_at_secs` has passed.
+    pub fn put_revocation(
+        &self,
+        ev: RevocationRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let key = self.engine.core.keys.revocation_key(&ev.id);
+        // Already stored as is: nothing to write. What the lookup sees is durable (readers
+        // never see an unacknowledged write), so the caller may treat it as acknowledged.
+        let stored = self
+            .engine
+            .core
+            .lookup(key)
+            .and_then(RecordBytes::into_revocation)
+            .is_some_and(|r| r.is_id(&ev.id) && r.to_record() == ev);
+        let write = (!stored).then(|| {
+            let prepared = check_revocation(&ev).and_then(|()| {
+                let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskRevocation::from_record(&ev))
+                    .map_err(|e| StoreError::Encode {
+                        what: "revocation",
+                        reason: e.to_string(),
+                    })?;
+                prepared(kind::REVOCATION, body)
+            });
+            self.submit(key, prepared)
+        });
+        async move {
+            match write {
+                Some(w) => w.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// The revocation event `id`, if stored and not expired at `now_secs`.
+    pub fn get_revocation(&self, id: &str, now_secs: i64) -> Option<RevocationView> {
+        let key = self.engine.core.keys.revocation_key(id);
+        let r = self.engine.core.lookup(key)?.into_revocation()?;
+        (r.is_id(id) && r.expires_at_secs() > now_secs).then_some(r)
+    }
+
+    /// Every revocation event the store holds: what the server replays into its in-memory
+    /// filter at start. Events whose `expires_at_secs` has passed are included until a
+    /// compaction drops them (the store has no clock; [`Store::revocations_live`] filters by
+    /// one). In no particular order: replaying them in any order builds the same filter.
+    ///
+    /// Cost: the in-memory tables, plus the index of every segment that holds revocations
+    /// (slots of other kinds are skipped without reading their records). Meant for start-up,
+    /// not the request path.
+    pub fn revocations(&self) -> Vec<RevocationRecord> {
+        self.revocations_where(|_| true)
+    }
+
+    /// [`Store::revocations`] without the events that have expired at `now_secs`.
+    pub fn revocations_live(&self, now_secs: i64) -> Vec<RevocationRecord> {
+        self.revocations_where(|r| r.expires_at_secs() > now_secs)
+    }
+
+    fn revocations_where(
+        &self,
+        keep: impl Fn(&format::ArchivedDiskRevocation) -> bool,
+    ) -> Vec<RevocationRecord> {
+        let mut out = Vec::new();
+        for shard in &self.engine.core.shards {
+            let st = shard.state.load();
+            // Newest first: the in-memory table, then segments newest to oldest. A key seen
+            // once (record or tombstone) hides every older record of it.
+            let mut seen: std::collections::HashSet<u128> = std::collections::HashSet::new();
+            for (k, v) in st.mem.iter() {
+                seen.insert(*k);
+                if let Some(r) = v.rec.clone().and_then(RecordBytes::into_revocation)
+                    && keep(&r)
+                {
+                    out.push(r.to_record());
+                }
+            }
+            for seg in st.segments.iter() {
+                if seg.header().revocation_count == 0 {
+                    continue;
+                }
+                for (k, rec) in seg.records_of_kind(kind::REVOCATION) {
+                    if !seen.insert(k.0) {
+                        continue;
+                    }
+                    if let Some(r) = rec.into_revocation()
+                        && keep(&r)
+                    {
+                        out.push(r.to_record());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Compacts every WAL group now: in-memory tables and segments merge into one new segment

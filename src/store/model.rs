@@ -280,3 +280,28 @@ impl ArtifactState {
         }
     }
 }
+
+/// A revocation event as the store keeps it (DESIGN §6): plain data, mapped 1:1 from the
+/// revocation module's event (`revocation::RevocationEvent::codes` gives the three codes). The
+/// store does not interpret the codes; it keeps events durable, idempotent by `id`, and drops
+/// them after `expires_at_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RevocationRecord {
+    /// Unique event id (admin-chosen, SET `jti`, or derived); the record's identity.
+    pub id: String,
+    /// Event kind code (owned by the revocation module).
+    pub kind: u8,
+    /// Subject kind code (user, device, session, app; owned by the revocation module).
+    pub subject_kind: u8,
+    /// Subject identifier.
+    pub subject: String,
+    /// When the event happened, unix seconds.
+    pub time_secs: i64,
+    /// Source code (admin API, Shared Signals, primary; owned by the revocation module).
+    pub source: u8,
+    /// When backstop recorded the event, unix seconds.
+    pub recorded_at_secs: i64,
+    /// When the event no longer matters (no snapshot recorded before it can still be live),
+    /// unix seconds; compaction drops it from then on.
+    pub expires_at_secs: i64,
+}

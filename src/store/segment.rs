@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use rkyv::util::AlignedVec;
 
 use super::error::SegmentError;
-use super::format::{FORMAT_VERSION, RECORD_ALIGN, kind};
+use super::format::{self, FORMAT_VERSION, FORMAT_VERSION_MIN, RECORD_ALIGN, kind};
 use super::keys::RecordKey;
 use super::mapped::{Backing, RecordBytes, SlotClaim, ValidatedSegment};
 use crate::limits;
@@ -31,12 +31,14 @@ pub struct Header {
     pub shard: u32,
     /// Shard count of the store that wrote it.
     pub shard_count: u32,
-    /// Records (sessions + artifacts).
+    /// Records (sessions + artifacts + revocations).
     pub record_count: u64,
     /// Session records.
     pub session_count: u64,
     /// Artifact records.
     pub artifact_count: u64,
+    /// Revocation-event records (format 2; the bytes were reserved, zero, in format 1).
+    pub revocation_count: u64,
     /// Smallest `expires_at` of any record (i64::MAX when empty).
     pub min_expires_at_secs: i64,
     /// Largest `expires_at` of any record (i64::MIN when empty).
@@ -92,6 +94,7 @@ impl Header {
         put(80, &self.records_bytes.to_le_bytes());
         put(88, &self.index_xxh3.to_le_bytes());
         put(96, &self.body_xxh3.to_le_bytes());
+        put(104, &self.revocation_count.to_le_bytes());
         let sum = xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[]));
         if let Some(d) = h.get_mut(120..128) {
             d.copy_from_slice(&sum.to_le_bytes());
@@ -118,7 +121,7 @@ impl Header {
         if xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[])) != le_u64(h, 120) {
             return Err(SegmentError::Checksum { region: "header" });
         }
-        if version == 0 {
+        if version < FORMAT_VERSION_MIN {
             return Err(SegmentError::Header {
                 field: "format_version",
             });
@@ -135,6 +138,7 @@ impl Header {
             record_count: le_u64(h, 24),
             session_count: le_u64(h, 32),
             artifact_count: le_u64(h, 40),
+            revocation_count: le_u64(h, 104),
             min_expires_at_secs: le_u64(h, 48) as i64,
             max_expires_at_secs: le_u64(h, 56) as i64,
             slot_count: le_u64(h, 64),
@@ -157,7 +161,11 @@ impl Header {
                 field: "record_count",
             });
         }
-        if hd.session_count.checked_add(hd.artifact_count) != Some(hd.record_count) {
+        let counted = hd
+            .session_count
+            .checked_add(hd.artifact_count)
+            .and_then(|n| n.checked_add(hd.revocation_count));
+        if counted != Some(hd.record_count) {
             return Err(SegmentError::Header {
                 field: "session_count",
             });
@@ -224,10 +232,18 @@ fn encode_slot(out: &mut [u8], slot: &Slot) {
     put(32, &slot.claim.xxh3.to_le_bytes());
 }
 
-/// Full validation of a segment's bytes: header, index checksum, slot sanity, body checksum,
-/// and every record through its checksum and rkyv's checked access.
-pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), SegmentError> {
-    let b = backing.bytes();
+/// What [`check_layout`] found.
+struct Layout {
+    header: Header,
+    /// Where the records region starts.
+    records_start: usize,
+    /// Occupied slots: (slot number, slot).
+    occupied: Vec<(u64, Slot)>,
+}
+
+/// The checks of a segment's bytes that do not depend on its record format: header, index
+/// checksum, body checksum, slot sanity and counts.
+fn check_layout(b: &[u8]) -> Result<Layout, SegmentError> {
     let h = Header::decode(b)?;
     let (ia, ib) = h.index_range();
     let index = b
@@ -246,7 +262,7 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
         return Err(SegmentError::Checksum { region: "body" });
     }
     let mut occupied = Vec::with_capacity(usize::try_from(h.record_count).unwrap_or(0));
-    let (mut sessions, mut artifacts) = (0u64, 0u64);
+    let (mut sessions, mut artifacts, mut revocations) = (0u64, 0u64, 0u64);
     for i in 0..h.slot_count {
         let slot = read_slot(b, &h, i).ok_or(SegmentError::Truncated { what: "index" })?;
         if slot.claim.len == 0 {
@@ -255,6 +271,7 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
         match slot.claim.kind {
             kind::SESSION => sessions += 1,
             kind::ARTIFACT => artifacts += 1,
+            kind::REVOCATION if h.format_version >= 2 => revocations += 1,
             _ => {
                 return Err(SegmentError::Slot {
                     slot: i,
@@ -271,18 +288,42 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
                 reason: "home slot empty",
             });
         }
-        occupied.push((i, slot.claim));
+        occupied.push((i, slot));
     }
-    if sessions != h.session_count || artifacts != h.artifact_count {
+    if sessions != h.session_count
+        || artifacts != h.artifact_count
+        || revocations != h.revocation_count
+    {
         return Err(SegmentError::Header {
             field: "record_count",
+        });
+    }
+    Ok(Layout {
+        header: h,
+        records_start,
+        occupied,
+    })
+}
+
+/// Full validation of a current-format segment's bytes: the layout checks, then every record
+/// through its checksum and rkyv's checked access.
+pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), SegmentError> {
+    let b = backing.bytes();
+    let Layout {
+        header: h,
+        records_start,
+        occupied,
+    } = check_layout(b)?;
+    if h.format_version != FORMAT_VERSION {
+        return Err(SegmentError::OlderFormat {
+            found: h.format_version,
         });
     }
     let proof = ValidatedSegment::prove(
         backing,
         records_start,
         b.len(),
-        occupied.iter().map(|(_, c)| *c),
+        occupied.iter().map(|(_, s)| s.claim),
     )
     .map_err(|n| SegmentError::Record {
         slot: occupied.get(n).map_or(0, |(i, _)| *i),
@@ -295,7 +336,7 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
 pub struct BuildRecord<'a> {
     /// Routing key.
     pub key: RecordKey,
-    /// `kind::SESSION` or `kind::ARTIFACT`.
+    /// `kind::SESSION`, `kind::ARTIFACT` or `kind::REVOCATION`.
     pub kind: u8,
     /// Archived bytes (copied verbatim: rkyv archives are position-independent).
     pub bytes: &'a [u8],
@@ -315,15 +356,18 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         .sum();
     let mut out = vec![0u8; records_offset + body_len];
     let (mut min_exp, mut max_exp) = (i64::MAX, i64::MIN);
-    let (mut sessions, mut artifacts) = (0u64, 0u64);
+    let (mut sessions, mut artifacts, mut revocations) = (0u64, 0u64, 0u64);
     let mut at = records_offset;
     let mask = slot_count - 1;
     for r in records {
-        debug_assert!(matches!(r.kind, kind::SESSION | kind::ARTIFACT));
-        if r.kind == kind::SESSION {
-            sessions += 1;
-        } else {
-            artifacts += 1;
+        debug_assert!(matches!(
+            r.kind,
+            kind::SESSION | kind::ARTIFACT | kind::REVOCATION
+        ));
+        match r.kind {
+            kind::SESSION => sessions += 1,
+            kind::ARTIFACT => artifacts += 1,
+            _ => revocations += 1,
         }
         min_exp = min_exp.min(r.expires_at_secs);
         max_exp = max_exp.max(r.expires_at_secs);
@@ -366,6 +410,7 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         record_count: n,
         session_count: sessions,
         artifact_count: artifacts,
+        revocation_count: revocations,
         min_expires_at_secs: min_exp,
         max_expires_at_secs: max_exp,
         slot_count,
@@ -413,6 +458,13 @@ impl Segment {
         when: Validate,
     ) -> Result<Segment, SegmentError> {
         let header = Header::decode(backing.bytes())?;
+        // An older format's records are other types: they are never served in place, only
+        // converted (`upgrade`), so a v1 archive can never be read as a v2 one.
+        if header.format_version != FORMAT_VERSION {
+            return Err(SegmentError::OlderFormat {
+                found: header.format_version,
+            });
+        }
         let seg = Segment {
             backing: Arc::new(backing),
             header,
@@ -440,6 +492,26 @@ impl Segment {
         let backing = super::mapped::map_file(&file).map_err(OpenSegmentError::Io)?;
         Segment::from_backing(backing, path.to_path_buf(), generation, when)
             .map_err(OpenSegmentError::Invalid)
+    }
+
+    /// Opens a segment of any readable format for reading only (`inspect`): a current one is
+    /// mapped; an older one is read, converted in memory (`upgrade`) and served from the heap.
+    /// Writes nothing.
+    pub fn open_converting(path: &Path, generation: u64) -> Result<Segment, OpenSegmentError> {
+        match Segment::open(path, generation, Validate::Later) {
+            Err(OpenSegmentError::Invalid(SegmentError::OlderFormat { .. })) => {
+                let bytes = std::fs::read(path).map_err(OpenSegmentError::Io)?;
+                let v2 = upgrade(&bytes).map_err(OpenSegmentError::Invalid)?;
+                Segment::from_backing(
+                    Backing::Heap(aligned_copy(&v2)),
+                    path.to_path_buf(),
+                    generation,
+                    Validate::Now,
+                )
+                .map_err(OpenSegmentError::Invalid)
+            }
+            other => other,
+        }
     }
 
     /// Runs full validation if not done yet. On failure the segment stops serving.
@@ -529,6 +601,34 @@ impl Segment {
         Found::Absent
     }
 
+    /// Every record of kind `kind_byte`, proven one by one; slots of other kinds are skipped
+    /// without touching their records. Corrupt records are skipped and counted.
+    pub fn records_of_kind(
+        &self,
+        kind_byte: u8,
+    ) -> impl Iterator<Item = (RecordKey, RecordBytes)> + '_ {
+        let b = self.backing.bytes();
+        let slots = if self.is_failed() {
+            0
+        } else {
+            self.header.slot_count
+        };
+        (0..slots).filter_map(move |i| {
+            let slot = read_slot(b, &self.header, i)?;
+            if slot.claim.len == 0 || slot.claim.kind != kind_byte {
+                return None;
+            }
+            let rec = match self.proof.get() {
+                Some(p) => RecordBytes::from_validated(p, &self.backing, &slot.claim),
+                None => RecordBytes::check_claim(&self.backing, &slot.claim),
+            };
+            if rec.is_none() {
+                self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((RecordKey(slot.key), rec?))
+        })
+    }
+
     /// Every record, proven one by one (compaction input, `inspect`). Corrupt records are
     /// skipped and counted.
     pub fn records(&self) -> impl Iterator<Item = (RecordKey, RecordBytes)> + '_ {
@@ -547,6 +647,66 @@ impl Segment {
             }
             Some((RecordKey(slot.key), rec?))
         })
+    }
+}
+
+/// Converts the bytes of a segment written by an older format into the bytes of an
+/// equivalent current-format segment: same shard, same keys, every record converted by
+/// `format::upgrade_record`. The old segment is checked as fully as a current one (header,
+/// index and body checksums, slots, every record's checksum and rkyv's checked access of its
+/// old type); any failure is an error and converts nothing.
+pub fn upgrade(bytes: &[u8]) -> Result<Vec<u8>, SegmentError> {
+    // Offsets in the file are RECORD_ALIGN multiples; an aligned copy keeps records aligned.
+    let b = aligned_copy(bytes);
+    let Layout {
+        header: h,
+        records_start,
+        occupied,
+    } = check_layout(&b)?;
+    if h.format_version == FORMAT_VERSION {
+        return Ok(bytes.to_vec());
+    }
+    let mut converted = Vec::with_capacity(occupied.len());
+    for (i, slot) in &occupied {
+        let bad = |reason| SegmentError::Record { slot: *i, reason };
+        let off = usize::try_from(slot.claim.offset).map_err(|_| bad("offset"))?;
+        let end = off
+            .checked_add(slot.claim.len as usize)
+            .ok_or(bad("length"))?;
+        if off < records_start || !off.is_multiple_of(RECORD_ALIGN) {
+            return Err(bad("offset"));
+        }
+        let rec = b.get(off..end).ok_or(bad("length"))?;
+        if xxhash_rust::xxh3::xxh3_64(rec) != slot.claim.xxh3 {
+            return Err(bad("checksum"));
+        }
+        let new = format::upgrade_record(h.format_version, slot.claim.kind, rec)
+            .map_err(|_| bad("not a valid archive of its format version"))?;
+        let proven = RecordBytes::check_owned(slot.claim.kind, new)
+            .ok_or(bad("converted record failed validation"))?;
+        let exp = record_expires_at(&proven).ok_or(bad("kind"))?;
+        converted.push((RecordKey(slot.key), proven, exp));
+    }
+    converted.sort_by_key(|(k, _, _)| *k);
+    let input: Vec<BuildRecord<'_>> = converted
+        .iter()
+        .map(|(k, r, exp)| BuildRecord {
+            key: *k,
+            kind: r.kind(),
+            bytes: r.bytes(),
+            expires_at_secs: *exp,
+        })
+        .collect();
+    Ok(build(h.shard, h.shard_count, &input))
+}
+
+/// The expiry of a proven record of any kind.
+pub fn record_expires_at(rec: &RecordBytes) -> Option<i64> {
+    match rec.kind() {
+        kind::SESSION => rec.clone().into_session().map(|s| s.expires_at_secs()),
+        kind::ARTIFACT => rec.clone().into_artifact().map(|a| a.expires_at_secs()),
+        kind::REVOCATION => rec.clone().into_revocation().map(|r| r.expires_at_secs()),
+        _ => None,
     }
 }
 
@@ -762,7 +922,7 @@ mod tests {
             Some(
                 SegmentError::NewerFormat {
                     found: 99,
-                    supported: 1
+                    supported: FORMAT_VERSION
                 }
                 .to_string()
             )

@@ -135,7 +135,7 @@ fn checksum(len: u32, payload: &[u8]) -> u64 {
 /// One decoded record, borrowing its body from the WAL bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalRecord<'a> {
-    /// `kind::SESSION`, `kind::ARTIFACT` or `kind::TOMBSTONE`.
+    /// `kind::SESSION`, `kind::ARTIFACT`, `kind::REVOCATION` or `kind::TOMBSTONE`.
     pub kind: u8,
     /// Routing key.
     pub key: RecordKey,
@@ -179,9 +179,9 @@ pub fn decode_record(b: &[u8]) -> Result<(WalRecord<'_>, usize), WalRecordError>
             .map_err(|_| WalRecordError::Torn { what: "key" })?,
     );
     match kind_byte {
-        kind::SESSION | kind::ARTIFACT if !body.is_empty() => {}
+        kind::SESSION | kind::ARTIFACT | kind::REVOCATION if !body.is_empty() => {}
         kind::TOMBSTONE if body.is_empty() => {}
-        kind::SESSION | kind::ARTIFACT | kind::TOMBSTONE => {
+        kind::SESSION | kind::ARTIFACT | kind::REVOCATION | kind::TOMBSTONE => {
             return Err(WalRecordError::Payload { kind: kind_byte });
         }
         k => return Err(WalRecordError::Kind { kind: k }),
