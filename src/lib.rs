@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod config;
 pub mod failover;
+pub mod gateway;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

@@ -1,0 +1,327 @@
+//! The capture queue and its worker thread: jobs from the server's workers, in batches, to the
+//! store.
+//!
+//! The queue is a bounded tokio channel: [`CaptureQueue::try_send`] never waits, a full queue
+//! drops the job and counts it. The worker owns a current-thread runtime on its own thread and
+//! takes up to `limits::CAPTURE_BATCH_JOBS_MAX` jobs at a time. Within a batch, jobs are
+//! derived in order against the store *and* the batch's own pending writes (a refresh captured
+//! right after the code grant that issued its token finds that token), writes are coalesced
+//! per key (the last state of a record wins, so the order in which the store applies them
+//! cannot matter), then all are submitted at once and awaited: a batch costs about one group
+//! commit. Batches run one after another, so a later batch sees every earlier write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::derive::{DeriveContext, Skip, derive};
+use super::stats::CaptureStats;
+use super::{CaptureJob, GrantCapture};
+use crate::config::CaptureConfig;
+use crate::limits;
+use crate::store::{
+    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, SessionIdentity, SessionSnapshot,
+    Store,
+};
+use crate::token::jwks::KeySet;
+
+/// Why the capture worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The worker's runtime could not be built.
+    #[error("cannot build the capture worker's runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The worker thread could not be spawned.
+    #[error("cannot spawn the capture worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The sending side of the capture queue: cheap to clone, one per server worker.
+#[derive(Debug, Clone)]
+pub struct CaptureQueue {
+    tx: mpsc::Sender<CaptureJob>,
+    stats: Arc<CaptureStats>,
+}
+
+impl CaptureQueue {
+    /// Queues a job without waiting. `false` when the queue is full or the worker has stopped:
+    /// the job is dropped and counted (`backstop_capture_dropped_total`).
+    pub fn try_send(&self, job: CaptureJob) -> bool {
+        self.stats.depth_add();
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.stats.on_enqueued();
+                true
+            }
+            Err(_) => {
+                self.stats.depth_sub(1);
+                self.stats.on_dropped();
+                false
+            }
+        }
+    }
+
+    /// Jobs waiting for the worker.
+    pub fn depth(&self) -> u64 {
+        self.stats.queue_depth()
+    }
+}
+
+/// The worker thread. [`CaptureWorker::shutdown`] closes the queue, lets the worker write what
+/// was queued, and joins it; dropping the handle does the same without waiting.
+#[derive(Debug)]
+pub struct CaptureWorker {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CaptureWorker {
+    /// Closes the queue (later `try_send`s drop and count), drains what is queued into the
+    /// store, and waits for the thread to finish.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CaptureWorker {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the worker like an explicit stop; the thread is detached.
+        self.stop.take();
+    }
+}
+
+/// Starts the capture worker. `primary_keys` gives the primary's current key set (`None` until
+/// it has been fetched: jobs are then skipped as `no_primary_keys`).
+pub fn spawn_capture_worker<K>(
+    store: Arc<Store>,
+    primary_keys: K,
+    cfg: CaptureConfig,
+    issuer: String,
+    stats: Arc<CaptureStats>,
+) -> Result<(CaptureQueue, CaptureWorker), CaptureError>
+where
+    K: Fn() -> Option<Arc<KeySet>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(cfg.queue_len.max(1));
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CaptureError::Runtime)?;
+    let worker = Worker {
+        store,
+        primary_keys,
+        cfg,
+        issuer,
+        stats: Arc::clone(&stats),
+    };
+    let thread = std::thread::Builder::new()
+        .name("backstop-capture".into())
+        .spawn(move || rt.block_on(worker.run(rx, stop_rx)))
+        .map_err(CaptureError::Thread)?;
+    Ok((
+        CaptureQueue { tx, stats },
+        CaptureWorker {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        },
+    ))
+}
+
+struct Worker<K> {
+    store: Arc<Store>,
+    primary_keys: K,
+    cfg: CaptureConfig,
+    issuer: String,
+    stats: Arc<CaptureStats>,
+}
+
+/// One batch's writes, coalesced per key, and what they will count once durable.
+#[derive(Default)]
+struct Batch {
+    sessions: HashMap<SessionIdentity, SessionSnapshot>,
+    artifacts: HashMap<ArtifactDigest, ArtifactRecord>,
+    captured: u64,
+    superseded: u64,
+    revoked: u64,
+}
+
+impl<K> Worker<K>
+where
+    K: Fn() -> Option<Arc<KeySet>>,
+{
+    async fn run(self, mut rx: mpsc::Receiver<CaptureJob>, mut stop: oneshot::Receiver<()>) {
+        let mut jobs = Vec::with_capacity(limits::CAPTURE_BATCH_JOBS_MAX);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                // Stop or handle dropped: refuse new jobs, keep draining what is queued.
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    rx.close();
+                }
+                n = rx.recv_many(&mut jobs, limits::CAPTURE_BATCH_JOBS_MAX) => {
+                    if n == 0 {
+                        break; // closed and empty: every sender gone, or stopped and drained
+                    }
+                    self.stats.depth_sub(n as u64);
+                    let mut batch = Batch::default();
+                    for job in jobs.drain(..) {
+                        self.process(job, &mut batch);
+                    }
+                    self.flush(batch).await;
+                }
+            }
+        }
+        tracing::debug!("capture worker stopped");
+    }
+
+    /// The record of `digest` as the batch or the store has it.
+    fn lookup(&self, batch: &Batch, digest: &ArtifactDigest, now: i64) -> Option<ArtifactRecord> {
+        match batch.artifacts.get(digest) {
+            Some(a) => Some(a.clone()),
+            None => self
+                .store
+                .get_artifact(digest, now)
+                .and_then(|v| v.to_record()),
+        }
+    }
+
+    fn process(&self, job: CaptureJob, batch: &mut Batch) {
+        match job {
+            CaptureJob::Granted(g) => {
+                if let Err(reason) = self.granted(&g, batch) {
+                    self.stats.on_skipped(reason);
+                    if reason == Skip::BadSignature {
+                        tracing::warn!(
+                            client_id = %g.client_id,
+                            "capture skipped: a primary token's signature does not verify"
+                        );
+                    } else {
+                        tracing::debug!(client_id = %g.client_id, reason = reason.as_str(), "capture skipped");
+                    }
+                }
+            }
+            CaptureJob::Refused { presented, at_secs } => self.refused(presented, at_secs, batch),
+        }
+    }
+
+    fn granted(&self, g: &GrantCapture, batch: &mut Batch) -> Result<(), Skip> {
+        let keys = (self.primary_keys)().ok_or(Skip::NoPrimaryKeys)?;
+        let now = g.received_at_secs;
+        let previous = g
+            .presented_refresh
+            .and_then(|d| self.lookup(batch, &d, now));
+        let store = &self.store;
+        let refresh_digest = |raw: &[u8]| store.artifact_digest(ArtifactKind::RefreshToken, raw);
+        let ctx = DeriveContext {
+            keys: &keys,
+            cfg: &self.cfg,
+            issuer: &self.issuer,
+            refresh_digest: &refresh_digest,
+        };
+        let d = derive(g, &ctx, previous.as_ref(), new_family)?;
+        batch.captured += 1;
+        if let Some(s) = d.superseded {
+            batch.superseded += 1;
+            batch.artifacts.insert(s.digest, s);
+        }
+        if let Some(c) = d.client_secret {
+            batch.artifacts.insert(c.digest, c);
+        }
+        batch.artifacts.insert(d.artifact.digest, d.artifact);
+        batch
+            .sessions
+            .insert(d.snapshot.identity.clone(), d.snapshot);
+        Ok(())
+    }
+
+    /// The primary refused `presented` (`invalid_grant`). Strict rotation means it has revoked
+    /// the whole grant: revoke the current token of the family, following successor links from
+    /// a rotated-out one.
+    fn refused(&self, presented: ArtifactDigest, now: i64, batch: &mut Batch) {
+        let Some(mut rec) = self.lookup(batch, &presented, now) else {
+            tracing::debug!(artifact = ?presented, "primary refused a refresh token never captured");
+            return;
+        };
+        for _ in 0..=limits::CAPTURE_SUCCESSOR_HOPS_MAX {
+            match rec.state {
+                ArtifactState::Revoked => return,
+                ArtifactState::Current => {
+                    tracing::info!(
+                        presented = ?presented,
+                        revoked = ?rec.digest,
+                        "primary refused a refresh token; its family's current token is revoked"
+                    );
+                    rec.state = ArtifactState::Revoked;
+                    rec.state_changed_at_secs = now;
+                    batch.revoked += 1;
+                    batch.artifacts.insert(rec.digest, rec);
+                    return;
+                }
+                ArtifactState::Superseded { successor } => {
+                    match self.lookup(batch, &successor, now) {
+                        Some(next) => rec = next,
+                        None => {
+                            tracing::info!(
+                                presented = ?presented,
+                                "primary refused a rotated-out refresh token; its successor is unknown or expired"
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            presented = ?presented,
+            hops = limits::CAPTURE_SUCCESSOR_HOPS_MAX,
+            "primary refused a refresh token; its family's current token is beyond the successor hop limit and was not revoked"
+        );
+    }
+
+    async fn flush(&self, batch: Batch) {
+        let mut writes = tokio::task::JoinSet::new();
+        for a in batch.artifacts.values() {
+            writes.spawn(self.store.put_artifact(a));
+        }
+        for s in batch.sessions.into_values() {
+            writes.spawn(self.store.put_session_owned(s));
+        }
+        let mut failed = 0u64;
+        while let Some(r) = writes.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "capture write failed");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(error = %e, "capture write task failed");
+                }
+            }
+        }
+        if failed == 0 {
+            self.stats.on_captured(batch.captured);
+            self.stats.on_superseded(batch.superseded);
+            self.stats.on_revoked(batch.revoked);
+        } else {
+            self.stats.on_store_failed(failed);
+        }
+    }
+}
+
+/// A fresh refresh-token family id: 128 random bits, hex.
+fn new_family() -> Option<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
+}
