@@ -708,3 +708,723 @@ pub fn derive(
         client_secret,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::super::testkit::*;
+    use super::*;
+    use crate::store::Keys;
+    use crate::token::mint::{Minter, TemplateRef};
+    use crate::token::sign::{Ed25519Backend, SigningKey};
+
+    struct Fixture {
+        primary: JwsSigner,
+        keys: KeySet,
+        cfg: CaptureConfig,
+        digests: Keys,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let primary = JwsSigner::primary();
+            let keys = primary.key_set();
+            Self {
+                primary,
+                keys,
+                cfg: CaptureConfig::default(),
+                digests: digest_keys(),
+            }
+        }
+
+        fn derive_with(
+            &self,
+            job: &GrantCapture,
+            previous: Option<&ArtifactRecord>,
+        ) -> Result<Derived, Skip> {
+            let digest = |raw: &[u8]| {
+                self.digests
+                    .artifact_digest(ArtifactKind::RefreshToken, raw)
+            };
+            let ctx = DeriveContext {
+                keys: &self.keys,
+                cfg: &self.cfg,
+                issuer: ISSUER,
+                refresh_digest: &digest,
+            };
+            derive(job, &ctx, previous, || Some("fam-1".to_string()))
+        }
+
+        fn derive(&self, job: &GrantCapture) -> Result<Derived, Skip> {
+            self.derive_with(job, None)
+        }
+
+        fn at(&self, claims: &Value) -> String {
+            self.primary.jwt(Some("at+jwt"), claims)
+        }
+
+        fn id(&self, claims: &Value) -> String {
+            self.primary.jwt(Some("JWT"), claims)
+        }
+
+        /// A code-grant job with the standard access and ID tokens and refresh token `rt`.
+        fn code(&self, rt: &str) -> GrantCapture {
+            let at = self.at(&at_claims("alice"));
+            let id = self.id(&id_claims("alice"));
+            code_job(response(&at, Some(&id), Some(rt), json!({})))
+        }
+
+        fn digest(&self, rt: &str) -> ArtifactDigest {
+            refresh_digest(&self.digests, rt)
+        }
+    }
+
+    fn with(mut claims: Value, extra: Value) -> Value {
+        if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        claims
+    }
+
+    fn without(mut claims: Value, name: &str) -> Value {
+        claims.as_object_mut().unwrap().remove(name);
+        claims
+    }
+
+    #[test]
+    fn code_grant_yields_snapshot_identity_auth_context_and_policy_inputs() {
+        let f = Fixture::new();
+        let d = f.derive(&f.code("rt-1")).unwrap();
+        let s = &d.snapshot;
+        assert_eq!(
+            s.identity,
+            SessionIdentity {
+                tenant: "tenant-a".into(),
+                user: "alice".into(),
+                device: "family:fam-1".into(),
+                app: CLIENT.into(),
+                resource: "https://api.example.com".into(),
+            }
+        );
+        assert!(s.home_tenant);
+        assert_eq!(s.auth_time_secs, NOW - 600);
+        assert_eq!(s.recorded_at_secs, NOW);
+        assert_eq!(s.expires_at_secs, NOW + 3 * 24 * 3600);
+        assert_eq!(s.amr, ["pwd", "mfa"]);
+        assert_eq!(s.acr, "urn:example:mfa");
+        assert_eq!(s.groups, ["g-staff", "g-ops"]);
+        assert_eq!(s.roles, ["reader"]);
+        assert_eq!(s.sign_in_risk, RiskLevel::Unknown);
+        assert_eq!(s.user_risk, RiskLevel::Unknown);
+        assert_eq!(s.device_platform, "");
+        assert_eq!(s.device_compliance, DeviceCompliance::Unknown);
+        assert_eq!(s.dpop_jkt, None);
+        assert_eq!(s.scopes, ["openid", "offline_access", "api.read"]);
+        assert_eq!(s.token_type, "Bearer");
+        assert_eq!(s.access_token.alg, "RS256");
+        assert_eq!(s.access_token.typ, "at+jwt");
+        assert_eq!(s.access_token.lifetime_secs, 3600);
+        assert_eq!(
+            s.access_token.time_claims,
+            TIME_CLAIM_IAT | TIME_CLAIM_EXP | TIME_CLAIM_JTI
+        );
+        let id = s.id_token.as_ref().unwrap();
+        assert_eq!(
+            (id.typ.as_str(), id.time_claims),
+            ("JWT", TIME_CLAIM_IAT | TIME_CLAIM_EXP)
+        );
+
+        let a = &d.artifact;
+        assert_eq!(a.kind, ArtifactKind::RefreshToken);
+        assert_eq!(a.digest, f.digest("rt-1"));
+        assert_eq!(a.state, ArtifactState::Current);
+        assert_eq!(a.family, "fam-1");
+        assert_eq!(
+            (
+                a.tenant.as_str(),
+                a.user.as_str(),
+                a.device.as_str(),
+                a.app.as_str()
+            ),
+            ("tenant-a", "alice", "family:fam-1", CLIENT)
+        );
+        assert_eq!(a.resource, "https://api.example.com");
+        assert_eq!(a.client_auth, ClientAuthMethod::None);
+        assert_eq!(
+            (a.issued_at_secs, a.expires_at_secs),
+            (NOW, s.expires_at_secs)
+        );
+        assert_eq!(d.superseded, None);
+        assert_eq!(d.client_secret, None);
+    }
+
+    #[test]
+    fn templates_mint_back_to_the_primary_claims_minus_time_claims() {
+        let f = Fixture::new();
+        let d = f.derive(&f.code("rt-1")).unwrap();
+        let mut minter = Minter::new(f.primary.key.signer(Ed25519Backend::AwsLc).unwrap());
+        for (stored, original) in [
+            (&d.snapshot.access_token, at_claims("alice")),
+            (d.snapshot.id_token.as_ref().unwrap(), id_claims("alice")),
+        ] {
+            let meta = stored_template_meta(
+                stored.time_claims,
+                stored.lifetime_secs,
+                &stored.alg,
+                &stored.typ,
+                stored.nbf_offset_secs,
+            )
+            .unwrap();
+            let t = TemplateRef::from_stored(&stored.claims_json, meta).unwrap();
+            let mut out = Vec::new();
+            minter.mint(t, 1_900_000_000, &mut out).unwrap();
+            let token = String::from_utf8(out).unwrap();
+            let payload = token.split('.').nth(1).unwrap();
+            let minted: Value = serde_json::from_slice(
+                &crate::token::b64::decode(payload.as_bytes(), "p").unwrap(),
+            )
+            .unwrap();
+            assert_eq!(minted["iat"], json!(1_900_000_000));
+            assert_eq!(minted["exp"], json!(1_900_003_600));
+            let strip = |v: &Value| {
+                let mut m = v.as_object().unwrap().clone();
+                for c in mint::TIME_CLAIMS {
+                    m.remove(c);
+                }
+                m
+            };
+            assert_eq!(strip(&minted), strip(&original));
+            assert_eq!(minted.get("jti").is_some(), original.get("jti").is_some());
+            assert!(
+                minted.get("nbf").is_none(),
+                "no nbf added where the primary had none"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_supersedes_the_presented_token_with_its_successor() {
+        let f = Fixture::new();
+        let first = f.derive(&f.code("rt-1")).unwrap().artifact;
+        let at = f.at(&at_claims("alice"));
+        let job = refresh_job(
+            response(&at, None, Some("rt-2"), json!({})),
+            f.digest("rt-1"),
+        );
+        let d = f.derive_with(&job, Some(&first)).unwrap();
+        assert_eq!(d.artifact.digest, f.digest("rt-2"));
+        assert_eq!(d.artifact.state, ArtifactState::Current);
+        assert_eq!(d.artifact.family, "fam-1");
+        let old = d.superseded.unwrap();
+        assert_eq!(old.digest, f.digest("rt-1"));
+        assert_eq!(
+            old.state,
+            ArtifactState::Superseded {
+                successor: f.digest("rt-2")
+            }
+        );
+        assert_eq!(old.state_changed_at_secs, NOW);
+        assert_eq!(old.expires_at_secs, first.expires_at_secs);
+        // No ID token on refresh: the snapshot has none, and identity still comes from the AT.
+        assert_eq!(d.snapshot.id_token, None);
+        assert_eq!(d.snapshot.identity.user, "alice");
+    }
+
+    #[test]
+    fn an_echoed_refresh_token_is_rewritten_without_supersession() {
+        let f = Fixture::new();
+        let first = f.derive(&f.code("rt-1")).unwrap().artifact;
+        let at = f.at(&at_claims("alice"));
+        let job = refresh_job(
+            response(&at, None, Some("rt-1"), json!({})),
+            f.digest("rt-1"),
+        );
+        let d = f.derive_with(&job, Some(&first)).unwrap();
+        assert_eq!(d.artifact.digest, f.digest("rt-1"));
+        assert_eq!(d.artifact.state, ArtifactState::Current);
+        assert_eq!(d.superseded, None);
+
+        // A token the backup revoked stays revoked if the primary echoes it.
+        let revoked = ArtifactRecord {
+            state: ArtifactState::Revoked,
+            state_changed_at_secs: NOW - 5,
+            ..first
+        };
+        let d = f.derive_with(&job, Some(&revoked)).unwrap();
+        assert_eq!(d.artifact.state, ArtifactState::Revoked);
+        assert_eq!(d.artifact.state_changed_at_secs, NOW - 5);
+    }
+
+    #[test]
+    fn refusals_are_skips_with_reasons() {
+        let f = Fixture::new();
+        let at = f.at(&at_claims("alice"));
+        let id = f.id(&id_claims("alice"));
+        let other_issuer = f.at(&with(
+            at_claims("alice"),
+            json!({"iss": "https://evil.example"}),
+        ));
+        // Same header and signature, other payload: the signature no longer verifies.
+        let tampered = {
+            let parts: Vec<&str> = at.split('.').collect();
+            let p = crate::token::b64::encode(
+                serde_json::to_string(&at_claims("mallory"))
+                    .unwrap()
+                    .as_bytes(),
+            );
+            format!("{}.{p}.{}", parts[0], parts[2])
+        };
+        let expired = f.at(&with(
+            at_claims("alice"),
+            json!({"iat": NOW - 7200, "exp": NOW - 3600}),
+        ));
+        let ps = |claims: &Value| {
+            let mut h = serde_json::Map::new();
+            h.insert("typ".into(), json!("at+jwt"));
+            h.insert("kid".into(), json!(f.primary.key.kid()));
+            let t = f.primary.sign_with_header(h, claims);
+            // Claim another algorithm in the header: refused before any key is used.
+            let parts: Vec<&str> = t.split('.').collect();
+            let hdr = crate::token::b64::encode(br#"{"alg":"HS256","typ":"at+jwt"}"#);
+            format!("{hdr}.{}.{}", parts[1], parts[2])
+        };
+        let wrong_aud_id = f.id(&with(id_claims("alice"), json!({"aud": "another-app"})));
+        let dpop_typ = f.primary.jwt(Some("dpop+jwt"), &at_claims("alice"));
+        let cases: Vec<(&str, Bytes, Skip)> = vec![
+            (
+                "opaque",
+                response("2YotnFZFEjr1zCsicMWpAA", None, Some("rt"), json!({})),
+                Skip::OpaqueAccessToken,
+            ),
+            (
+                "jwe",
+                response("a.b.c.d.e", None, Some("rt"), json!({})),
+                Skip::OpaqueAccessToken,
+            ),
+            (
+                "bad signature",
+                response(&tampered, None, Some("rt"), json!({})),
+                Skip::BadSignature,
+            ),
+            (
+                "wrong issuer",
+                response(&other_issuer, None, Some("rt"), json!({})),
+                Skip::IssuerMismatch,
+            ),
+            (
+                "expired",
+                response(&expired, None, Some("rt"), json!({})),
+                Skip::TokenTime,
+            ),
+            (
+                "hs256",
+                response(&ps(&at_claims("alice")), None, Some("rt"), json!({})),
+                Skip::UnsupportedAlg,
+            ),
+            (
+                "typ",
+                response(&dpop_typ, None, Some("rt"), json!({})),
+                Skip::TokenTyp,
+            ),
+            (
+                "id aud",
+                response(&at, Some(&wrong_aud_id), Some("rt"), json!({})),
+                Skip::IdTokenAudience,
+            ),
+            (
+                "no refresh token",
+                response(&at, Some(&id), None, json!({})),
+                Skip::NoRefreshToken,
+            ),
+            (
+                "not json",
+                Bytes::from_static(b"<html>"),
+                Skip::MalformedResponse,
+            ),
+            (
+                "duplicate member",
+                Bytes::from_static(br#"{"refresh_token":"a","refresh_token":"b"}"#),
+                Skip::MalformedResponse,
+            ),
+            (
+                "number token",
+                Bytes::from_static(
+                    br#"{"refresh_token":"a","access_token":5,"token_type":"Bearer"}"#,
+                ),
+                Skip::MalformedResponse,
+            ),
+            (
+                "too large",
+                Bytes::from(vec![b' '; limits::CAPTURE_RESPONSE_BYTES_MAX + 1]),
+                Skip::ResponseTooLarge,
+            ),
+            (
+                "no user",
+                response(
+                    &f.at(&without(at_claims("alice"), "sub")),
+                    None,
+                    Some("rt"),
+                    json!({}),
+                ),
+                Skip::NoUser,
+            ),
+        ];
+        for (name, body, want) in cases {
+            assert_eq!(f.derive(&code_job(body)).err(), Some(want), "{name}");
+        }
+        let mut job = code_job(response(&at, None, Some("rt"), json!({})));
+        job.requested_resources = vec!["https://a.example".into(), "https://b.example".into()];
+        assert_eq!(f.derive(&job).err(), Some(Skip::MultipleResources));
+    }
+
+    #[test]
+    fn unknown_key_is_a_skip_not_a_capture() {
+        let f = Fixture::new();
+        let other =
+            JwsSigner::new(crate::token::sign::SigningKey::generate(SigningAlg::Es256).unwrap());
+        let at = other.jwt(Some("at+jwt"), &at_claims("alice"));
+        let job = code_job(response(&at, None, Some("rt"), json!({})));
+        assert_eq!(f.derive(&job).err(), Some(Skip::UnknownKey));
+    }
+
+    #[test]
+    fn dpop_bound_token_gives_device_and_binding_from_cnf_jkt() {
+        let f = Fixture::new();
+        let at = f.at(&with(
+            at_claims("alice"),
+            json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+        ));
+        let body = response(&at, None, Some("rt"), json!({"token_type": "DPoP"}));
+        let d = f.derive(&code_job(body)).unwrap();
+        assert_eq!(
+            d.snapshot.identity.device,
+            "jkt:0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        );
+        assert_eq!(
+            d.snapshot.dpop_jkt.as_deref(),
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        );
+        assert_eq!(d.snapshot.token_type, "DPoP");
+        assert_eq!(d.artifact.device, d.snapshot.identity.device);
+    }
+
+    #[test]
+    fn dpop_proof_key_is_the_device_when_the_token_carries_no_cnf() {
+        let f = Fixture::new();
+        let holder = JwsSigner::new(SigningKey::generate(SigningAlg::Es256).unwrap());
+        let (proof, jkt) = holder.dpop_proof();
+        let at = f.at(&at_claims("alice"));
+
+        let mut job = code_job(response(
+            &at,
+            None,
+            Some("rt"),
+            json!({"token_type": "DPoP"}),
+        ));
+        job.dpop_proof = Some(Bytes::from(proof.clone()));
+        let d = f.derive(&job).unwrap();
+        assert_eq!(d.snapshot.identity.device, format!("jkt:{jkt}"));
+        assert_eq!(d.snapshot.dpop_jkt.as_deref(), Some(jkt.as_str()));
+
+        // A Bearer response to a request with a proof: the key names the device, nothing binds.
+        let mut job = code_job(response(&at, None, Some("rt"), json!({})));
+        job.dpop_proof = Some(Bytes::from(proof.clone()));
+        let d = f.derive(&job).unwrap();
+        assert_eq!(d.snapshot.identity.device, format!("jkt:{jkt}"));
+        assert_eq!(d.snapshot.dpop_jkt, None);
+
+        // A proof whose signature does not verify proves no key.
+        let mut broken = proof.into_bytes();
+        let last = broken.len() - 2;
+        broken[last] = if broken[last] == b'A' { b'B' } else { b'A' };
+        let mut job = code_job(response(&at, None, Some("rt"), json!({})));
+        job.dpop_proof = Some(Bytes::from(broken));
+        assert_eq!(
+            f.derive(&job).unwrap().snapshot.identity.device,
+            "family:fam-1"
+        );
+
+        // DPoP token type with neither cnf.jkt nor a proof: unbound, not captured.
+        let job = code_job(response(
+            &at,
+            None,
+            Some("rt"),
+            json!({"token_type": "DPoP"}),
+        ));
+        assert_eq!(f.derive(&job).err(), Some(Skip::DpopUnbound));
+    }
+
+    #[test]
+    fn device_header_names_the_device_when_no_key_does() {
+        let f = Fixture::new();
+        let mut job = f.code("rt");
+        job.device_header = Some("device-42".into());
+        assert_eq!(
+            f.derive(&job).unwrap().snapshot.identity.device,
+            "hdr:device-42"
+        );
+        job.device_header = Some("x".repeat(limits::CAPTURE_DEVICE_HEADER_BYTES_MAX + 1));
+        assert_eq!(
+            f.derive(&job).unwrap().snapshot.identity.device,
+            "family:fam-1"
+        );
+    }
+
+    #[test]
+    fn refresh_carries_family_and_the_stronger_device_forward() {
+        let f = Fixture::new();
+        let mut code = f.code("rt-1");
+        code.device_header = Some("device-42".into());
+        let first = f.derive(&code).unwrap().artifact;
+        let at = f.at(&at_claims("alice"));
+
+        // No identity on the refresh: the previous device and family continue.
+        let job = refresh_job(
+            response(&at, None, Some("rt-2"), json!({})),
+            f.digest("rt-1"),
+        );
+        let never = || -> Option<String> { panic!("no new family for a known predecessor") };
+        let digest = |raw: &[u8]| f.digests.artifact_digest(ArtifactKind::RefreshToken, raw);
+        let ctx = DeriveContext {
+            keys: &f.keys,
+            cfg: &f.cfg,
+            issuer: ISSUER,
+            refresh_digest: &digest,
+        };
+        let d = derive(&job, &ctx, Some(&first), never).unwrap();
+        assert_eq!(d.snapshot.identity.device, "hdr:device-42");
+        assert_eq!(d.artifact.family, "fam-1");
+
+        // A DPoP key seen later is stronger and takes over.
+        let at_bound = f.at(&with(at_claims("alice"), json!({"cnf": {"jkt": "k1"}})));
+        let job = refresh_job(
+            response(&at_bound, None, Some("rt-2"), json!({})),
+            f.digest("rt-1"),
+        );
+        assert_eq!(
+            f.derive_with(&job, Some(&first))
+                .unwrap()
+                .snapshot
+                .identity
+                .device,
+            "jkt:k1"
+        );
+
+        // A weaker identity (a header) never replaces a key.
+        let keyed = ArtifactRecord {
+            device: "jkt:k1".into(),
+            ..first.clone()
+        };
+        let mut job = refresh_job(
+            response(&at, None, Some("rt-2"), json!({})),
+            f.digest("rt-1"),
+        );
+        job.device_header = Some("device-43".into());
+        assert_eq!(
+            f.derive_with(&job, Some(&keyed))
+                .unwrap()
+                .snapshot
+                .identity
+                .device,
+            "jkt:k1"
+        );
+
+        // A predecessor of another client is not this family: a new one starts.
+        let foreign = ArtifactRecord {
+            app: "other-app".into(),
+            family: "fam-x".into(),
+            ..first
+        };
+        let job = refresh_job(
+            response(&at, None, Some("rt-2"), json!({})),
+            f.digest("rt-1"),
+        );
+        let d = f.derive_with(&job, Some(&foreign)).unwrap();
+        assert_eq!(d.artifact.family, "fam-1");
+        assert_eq!(d.superseded, None);
+    }
+
+    #[test]
+    fn guests_are_detected_by_claim_or_home_tenant() {
+        let f = Fixture::new();
+        let run = |extra: Value| {
+            let at = f.at(&with(at_claims("alice"), extra));
+            f.derive(&code_job(response(&at, None, Some("rt"), json!({}))))
+                .unwrap()
+                .snapshot
+                .home_tenant
+        };
+        assert!(run(json!({})));
+        assert!(run(json!({"acct": 0})));
+        assert!(!run(json!({"acct": 1})));
+        assert!(!run(json!({"acct": "1"})));
+        assert!(!run(json!({"idp": "https://sts.windows.net/home-tenant/"})));
+        assert!(run(json!({"idp": ISSUER})));
+        assert!(run(json!({"idp": "tenant-a"})));
+        assert!(
+            !run(json!({"idp": 5})),
+            "a home claim we cannot read is a guest"
+        );
+    }
+
+    #[test]
+    fn resource_comes_from_the_request_then_aud_then_scopes() {
+        let f = Fixture::new();
+        let run = |claims: Value, resources: Vec<&str>| {
+            let at = f.at(&claims);
+            let mut job = code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"scope": "b.write a.read"}),
+            ));
+            job.requested_resources = resources.into_iter().map(String::from).collect();
+            f.derive(&job).unwrap().snapshot.identity.resource
+        };
+        assert_eq!(
+            run(at_claims("alice"), vec!["https://r.example"]),
+            "https://r.example"
+        );
+        assert_eq!(run(at_claims("alice"), vec![]), "https://api.example.com");
+        let multi = with(
+            at_claims("alice"),
+            json!({"aud": ["https://z.example", "https://a.example", "https://z.example"]}),
+        );
+        assert_eq!(run(multi, vec![]), "https://a.example https://z.example");
+        assert_eq!(
+            run(without(at_claims("alice"), "aud"), vec![]),
+            "a.read b.write"
+        );
+        // The response's scope is kept as the primary wrote it.
+        let at = f.at(&without(at_claims("alice"), "aud"));
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"scope": "b.write a.read"}),
+            )))
+            .unwrap();
+        assert_eq!(d.snapshot.scopes, ["b.write", "a.read"]);
+    }
+
+    #[test]
+    fn refresh_token_expires_in_bounds_the_artifact_not_the_snapshot() {
+        let f = Fixture::new();
+        let at = f.at(&at_claims("alice"));
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"refresh_token_expires_in": 7200}),
+            )))
+            .unwrap();
+        assert_eq!(d.artifact.expires_at_secs, NOW + 7200);
+        assert_eq!(d.snapshot.expires_at_secs, NOW + 3 * 24 * 3600);
+        // Longer than the window: the window wins.
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"refresh_token_expires_in": 90 * 24 * 3600}),
+            )))
+            .unwrap();
+        assert_eq!(d.artifact.expires_at_secs, NOW + 3 * 24 * 3600);
+    }
+
+    #[test]
+    fn configured_claims_name_user_tenant_and_policy_facts() {
+        let mut f = Fixture::new();
+        f.cfg.user_claims = vec!["oid".into(), "sub".into()];
+        f.cfg.tenant_claim = Some("org".into());
+        f.cfg.default_tenant = "default-org".into();
+        f.cfg.sign_in_risk_claim = Some("signin_risk".into());
+        f.cfg.user_risk_claim = Some("user_risk".into());
+        f.cfg.device_platform_claim = Some("platform".into());
+        f.cfg.device_compliance_claim = Some("compliant".into());
+        f.cfg.groups_claim = Some("grp".into());
+        let claims = with(
+            at_claims("pairwise-sub"),
+            json!({"oid": "object-1", "signin_risk": "Medium", "user_risk": "high", "platform": "iOS", "compliant": true, "grp": "solo"}),
+        );
+        let d = f
+            .derive(&code_job(response(
+                &f.at(&claims),
+                None,
+                Some("rt"),
+                json!({}),
+            )))
+            .unwrap();
+        let s = &d.snapshot;
+        assert_eq!(s.identity.user, "object-1");
+        assert_eq!(s.identity.tenant, "default-org");
+        assert_eq!(s.sign_in_risk, RiskLevel::Medium);
+        assert_eq!(s.user_risk, RiskLevel::High);
+        assert_eq!(s.device_platform, "iOS");
+        assert_eq!(s.device_compliance, DeviceCompliance::Compliant);
+        assert_eq!(s.groups, ["solo"]);
+        // No ID token, no auth_time anywhere: recorded as 0.
+        assert_eq!(s.auth_time_secs, 0);
+
+        // Without oid, the next claim in order names the user.
+        let d = f
+            .derive(&code_job(response(
+                &f.at(&at_claims("pairwise-sub")),
+                None,
+                Some("rt"),
+                json!({}),
+            )))
+            .unwrap();
+        assert_eq!(d.snapshot.identity.user, "pairwise-sub");
+    }
+
+    #[test]
+    fn groups_overage_and_oversized_lists_are_skipped() {
+        let f = Fixture::new();
+        let over = with(
+            at_claims("alice"),
+            json!({"_claim_names": {"groups": "src1"}}),
+        );
+        let job = code_job(response(&f.at(&over), None, Some("rt"), json!({})));
+        assert_eq!(f.derive(&job).err(), Some(Skip::GroupsOverage));
+        let many: Vec<u16> = (0..=limits::CAPTURE_CLAIM_VALUES_MAX as u16).collect();
+        let big = with(at_claims("alice"), json!({"groups": many}));
+        let job = code_job(response(&f.at(&big), None, Some("rt"), json!({})));
+        assert_eq!(f.derive(&job).err(), Some(Skip::TooManyValues));
+    }
+
+    #[test]
+    fn accepted_client_secret_is_recorded_for_secret_methods_only() {
+        let f = Fixture::new();
+        let secret = ArtifactDigest([5u8; 32]);
+        let mut job = f.code("rt");
+        job.client_auth = ClientAuthMethod::SecretBasic;
+        job.client_secret_digest = Some(secret);
+        let d = f.derive(&job).unwrap();
+        let c = d.client_secret.unwrap();
+        assert_eq!(
+            (c.kind, c.digest, c.app.as_str()),
+            (ArtifactKind::ClientSecret, secret, CLIENT)
+        );
+        assert_eq!(c.client_auth, ClientAuthMethod::SecretBasic);
+        assert_eq!(d.artifact.client_auth, ClientAuthMethod::SecretBasic);
+        job.client_auth = ClientAuthMethod::JwtAssertion;
+        assert_eq!(f.derive(&job).unwrap().client_secret, None);
+    }
+
+    #[test]
+    fn stored_template_meta_refuses_what_it_does_not_know() {
+        assert!(stored_template_meta(16, 0, "RS256", "", 0).is_none());
+        assert!(stored_template_meta(1, 0, "HS256", "", 0).is_none());
+        assert!(stored_template_meta(1, 0, "RS256", "weird", 0).is_none());
+        let m = stored_template_meta(5, 60, "EdDSA", "at+jwt", -5).unwrap();
+        assert_eq!(
+            (m.alg, m.typ, m.lifetime_secs, m.nbf_offset_secs),
+            (SigningAlg::EdDsa, Some(Typ::AtJwt), 60, -5)
+        );
+    }
+}

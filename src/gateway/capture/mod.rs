@@ -24,6 +24,9 @@ pub mod derive;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod testkit;
+
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
