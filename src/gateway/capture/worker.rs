@@ -325,3 +325,287 @@ fn new_family() -> Option<String> {
     getrandom::fill(&mut b).ok()?;
     Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::json;
+
+    use super::super::testkit::*;
+    use super::super::{CaptureCounts, client_secret_digest};
+    use super::*;
+    use crate::gateway::capture::Skip;
+    use crate::store::{ClientAuthMethod, StoreOpts};
+
+    fn open(dir: &tempfile::TempDir) -> Arc<Store> {
+        Arc::new(Store::open(dir.path(), StoreOpts::manual()).unwrap())
+    }
+
+    fn start(
+        store: &Arc<Store>,
+        keys: Option<Arc<KeySet>>,
+        queue_len: usize,
+    ) -> (CaptureQueue, CaptureWorker, Arc<CaptureStats>) {
+        let stats = Arc::new(CaptureStats::new());
+        let cfg = CaptureConfig {
+            queue_len,
+            ..CaptureConfig::default()
+        };
+        let (q, w) = spawn_capture_worker(
+            Arc::clone(store),
+            move || keys.clone(),
+            cfg,
+            ISSUER.to_string(),
+            Arc::clone(&stats),
+        )
+        .unwrap();
+        (q, w, stats)
+    }
+
+    fn granted(job: GrantCapture) -> CaptureJob {
+        CaptureJob::Granted(Box::new(job))
+    }
+
+    fn code(p: &JwsSigner, rt: &str) -> GrantCapture {
+        let at = p.jwt(Some("at+jwt"), &at_claims("alice"));
+        let id = p.jwt(Some("JWT"), &id_claims("alice"));
+        code_job(response(&at, Some(&id), Some(rt), json!({})))
+    }
+
+    fn refresh(p: &JwsSigner, store: &Store, from: &str, to: &str) -> GrantCapture {
+        let at = p.jwt(Some("at+jwt"), &at_claims("alice"));
+        refresh_job(
+            response(&at, None, Some(to), json!({})),
+            digest_of(store, from),
+        )
+    }
+
+    fn digest_of(store: &Store, rt: &str) -> ArtifactDigest {
+        store.artifact_digest(ArtifactKind::RefreshToken, rt.as_bytes())
+    }
+
+    fn artifact(store: &Store, rt: &str) -> ArtifactRecord {
+        store
+            .get_artifact(&digest_of(store, rt), NOW)
+            .and_then(|v| v.to_record())
+            .unwrap_or_else(|| panic!("artifact {rt} missing"))
+    }
+
+    #[test]
+    fn a_granted_job_writes_snapshot_artifact_and_client_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        let mut job = code(&p, "rt-1");
+        job.client_auth = ClientAuthMethod::SecretPost;
+        job.client_secret_digest = Some(client_secret_digest(&store, CLIENT, b"s3cret"));
+        assert!(q.try_send(granted(job)));
+        w.shutdown();
+
+        let a = artifact(&store, "rt-1");
+        assert_eq!(a.state, ArtifactState::Current);
+        assert_eq!(a.user, "alice");
+        let id = SessionIdentity {
+            tenant: a.tenant.clone(),
+            user: a.user.clone(),
+            device: a.device.clone(),
+            app: a.app.clone(),
+            resource: a.resource.clone(),
+        };
+        let s = store.get_session(&id, NOW).unwrap().to_snapshot();
+        assert_eq!(s.amr, ["pwd", "mfa"]);
+        assert_eq!(s.auth_time_secs, NOW - 600);
+        let secret = store
+            .get_artifact(&client_secret_digest(&store, CLIENT, b"s3cret"), NOW)
+            .and_then(|v| v.to_record())
+            .unwrap();
+        assert_eq!(secret.kind, ArtifactKind::ClientSecret);
+        assert_eq!(secret.client_auth, ClientAuthMethod::SecretPost);
+        assert_eq!(
+            stats.counts(),
+            CaptureCounts {
+                enqueued: 1,
+                captured: 1,
+                ..CaptureCounts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn client_secret_digest_depends_on_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a = client_secret_digest(&store, "app-a", b"secret");
+        assert_eq!(a, client_secret_digest(&store, "app-a", b"secret"));
+        assert_ne!(a, client_secret_digest(&store, "app-b", b"secret"));
+        assert_ne!(a, client_secret_digest(&store, "app-a", b"secret2"));
+        assert_ne!(
+            a,
+            store.artifact_digest(ArtifactKind::ClientSecret, b"secret")
+        );
+    }
+
+    #[test]
+    fn rotation_then_refusal_in_one_batch_revokes_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        assert!(q.try_send(granted(refresh(&p, &store, "rt-1", "rt-2"))));
+        // The client replays the rotated-out token; the primary refuses and kills the grant.
+        assert!(q.try_send(CaptureJob::Refused {
+            presented: digest_of(&store, "rt-1"),
+            at_secs: NOW + 1,
+        }));
+        w.shutdown();
+        assert_eq!(
+            artifact(&store, "rt-1").state,
+            ArtifactState::Superseded {
+                successor: digest_of(&store, "rt-2")
+            }
+        );
+        let current = artifact(&store, "rt-2");
+        assert_eq!(current.state, ArtifactState::Revoked);
+        assert_eq!(current.state_changed_at_secs, NOW + 1);
+        assert_eq!(current.family, artifact(&store, "rt-1").family);
+        let c = stats.counts();
+        assert_eq!((c.captured, c.superseded, c.revoked), (2, 1, 1));
+    }
+
+    #[test]
+    fn later_workers_follow_what_earlier_ones_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let keys = Some(Arc::new(p.key_set()));
+        let (q, w, _) = start(&store, keys.clone(), 16);
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        w.shutdown();
+        let (q, w, _) = start(&store, keys.clone(), 16);
+        assert!(q.try_send(granted(refresh(&p, &store, "rt-1", "rt-2"))));
+        w.shutdown();
+        let (q, w, _) = start(&store, keys.clone(), 16);
+        assert!(q.try_send(granted(refresh(&p, &store, "rt-2", "rt-3"))));
+        w.shutdown();
+        let family = artifact(&store, "rt-1").family;
+        assert_eq!(artifact(&store, "rt-3").family, family);
+        assert!(matches!(
+            artifact(&store, "rt-2").state,
+            ArtifactState::Superseded { .. }
+        ));
+
+        // Refused through two successor links from the oldest token, read from the store.
+        let (q, w, stats) = start(&store, keys.clone(), 16);
+        assert!(q.try_send(CaptureJob::Refused {
+            presented: digest_of(&store, "rt-1"),
+            at_secs: NOW + 5,
+        }));
+        // A token never captured is nothing to revoke.
+        assert!(q.try_send(CaptureJob::Refused {
+            presented: digest_of(&store, "never-seen"),
+            at_secs: NOW + 5,
+        }));
+        w.shutdown();
+        assert_eq!(artifact(&store, "rt-3").state, ArtifactState::Revoked);
+        assert_eq!(stats.counts().revoked, 1);
+
+        // Refused on the current token itself, in a fresh family.
+        let (q, w, stats) = start(&store, keys, 16);
+        assert!(q.try_send(granted(code(&p, "rt-9"))));
+        assert!(q.try_send(CaptureJob::Refused {
+            presented: digest_of(&store, "rt-9"),
+            at_secs: NOW + 6,
+        }));
+        w.shutdown();
+        assert_eq!(artifact(&store, "rt-9").state, ArtifactState::Revoked);
+        assert_eq!(stats.counts().revoked, 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let keys = Arc::new(p.key_set());
+        // The worker's first key lookup waits for the test, so the queue fills behind it.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new((entered_tx, release_rx));
+        let first = AtomicBool::new(true);
+        let stats = Arc::new(CaptureStats::new());
+        let cfg = CaptureConfig {
+            queue_len: 1,
+            ..CaptureConfig::default()
+        };
+        let (q, w) = spawn_capture_worker(
+            Arc::clone(&store),
+            move || {
+                if first.swap(false, Ordering::SeqCst) {
+                    let g = gate.lock().unwrap();
+                    g.0.send(()).unwrap();
+                    g.1.recv().unwrap();
+                }
+                Some(Arc::clone(&keys))
+            },
+            cfg,
+            ISSUER.to_string(),
+            Arc::clone(&stats),
+        )
+        .unwrap();
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        entered_rx.recv().unwrap();
+        assert!(q.try_send(granted(code(&p, "rt-2"))));
+        assert!(!q.try_send(granted(code(&p, "rt-3"))));
+        assert_eq!(q.depth(), 1);
+        assert_eq!(stats.counts().dropped, 1);
+        release_tx.send(()).unwrap();
+        w.shutdown();
+        // After shutdown the queue is closed: a send is dropped and counted, never blocks.
+        assert!(!q.try_send(granted(code(&p, "rt-4"))));
+        let c = stats.counts();
+        assert_eq!(
+            (c.enqueued, c.dropped, c.captured, c.queue_depth),
+            (2, 2, 2, 0)
+        );
+        artifact(&store, "rt-2");
+        assert!(
+            store
+                .get_artifact(&digest_of(&store, "rt-3"), NOW)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn without_primary_keys_jobs_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, w, stats) = start(&store, None, 4);
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        w.shutdown();
+        assert_eq!(stats.counts().skipped(Skip::NoPrimaryKeys), 1);
+        assert!(
+            store
+                .get_artifact(&digest_of(&store, "rt-1"), NOW)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_worker_exits_when_every_sender_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, mut w, stats) = start(&store, Some(Arc::new(p.key_set())), 4);
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        drop(q);
+        let thread = w.thread.take().unwrap();
+        thread.join().unwrap();
+        assert_eq!(stats.counts().captured, 1);
+        drop(w);
+    }
+}
