@@ -231,6 +231,16 @@ where
         batch.captured += 1;
         if let Some(s) = d.superseded {
             batch.superseded += 1;
+            // The presented token had been rotated out already and the primary still accepted
+            // it (a provider with a reuse grace period): the family's newer tokens are older
+            // than the one just issued, and an older refresh token never works at the backup.
+            if let Some(ArtifactRecord {
+                state: ArtifactState::Superseded { successor },
+                ..
+            }) = previous
+            {
+                self.supersede_chain(successor, d.artifact.digest, now, batch);
+            }
             batch.artifacts.insert(s.digest, s);
         }
         if let Some(c) = d.client_secret {
@@ -241,6 +251,36 @@ where
             .sessions
             .insert(d.snapshot.identity.clone(), d.snapshot);
         Ok(())
+    }
+
+    /// Marks the current token of the chain starting at `from` as superseded by `newest`.
+    fn supersede_chain(
+        &self,
+        from: ArtifactDigest,
+        newest: ArtifactDigest,
+        now: i64,
+        batch: &mut Batch,
+    ) {
+        let mut next = from;
+        for _ in 0..limits::CAPTURE_SUCCESSOR_HOPS_MAX {
+            if next == newest {
+                return;
+            }
+            let Some(mut rec) = self.lookup(batch, &next, now) else {
+                return;
+            };
+            match rec.state {
+                ArtifactState::Revoked => return,
+                ArtifactState::Superseded { successor } => next = successor,
+                ArtifactState::Current => {
+                    rec.state = ArtifactState::Superseded { successor: newest };
+                    rec.state_changed_at_secs = now;
+                    batch.superseded += 1;
+                    batch.artifacts.insert(rec.digest, rec);
+                    return;
+                }
+            }
+        }
     }
 
     /// The primary refused `presented` (`invalid_grant`). Strict rotation means it has revoked
@@ -523,6 +563,29 @@ mod tests {
         w.shutdown();
         assert_eq!(artifact(&store, "rt-9").state, ArtifactState::Revoked);
         assert_eq!(stats.counts().revoked, 1);
+    }
+
+    #[test]
+    fn a_rotated_out_token_the_primary_still_accepts_supersedes_its_newer_sibling() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        assert!(q.try_send(granted(code(&p, "rt-1"))));
+        assert!(q.try_send(granted(refresh(&p, &store, "rt-1", "rt-2"))));
+        // A provider with a reuse grace period accepts rt-1 once more and issues rt-3.
+        assert!(q.try_send(granted(refresh(&p, &store, "rt-1", "rt-3"))));
+        w.shutdown();
+        let rt3 = digest_of(&store, "rt-3");
+        assert_eq!(artifact(&store, "rt-3").state, ArtifactState::Current);
+        for old in ["rt-1", "rt-2"] {
+            assert_eq!(
+                artifact(&store, old).state,
+                ArtifactState::Superseded { successor: rt3 },
+                "{old}"
+            );
+        }
+        assert_eq!(stats.counts().superseded, 3);
     }
 
     #[test]
