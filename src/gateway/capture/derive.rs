@@ -529,11 +529,28 @@ pub fn derive(
         });
     let home_tenant = !(guest_by_claim || guest_by_home);
 
-    let scopes: Vec<String> = resp
-        .scope
-        .or(job.requested_scope.as_deref())
-        .map(|s| s.split_ascii_whitespace().map(str::to_string).collect())
-        .unwrap_or_default();
+    // What was granted: the response's `scope` (RFC 6749 §5.1), which a provider may omit when
+    // it equals the request's; then the access token's own `scope` / `scp` (RFC 9068 §2.2.3,
+    // Entra, Okta), which a refresh without a `scope` parameter needs; then the request's.
+    let split =
+        |s: &str| -> Vec<String> { s.split_ascii_whitespace().map(str::to_string).collect() };
+    let scopes: Vec<String> = match (resp.scope, at.claims.get("scope"), at.claims.get("scp")) {
+        (Some(s), _, _) => split(s),
+        (None, Some(Value::String(s)), _) | (None, None, Some(Value::String(s))) => split(s),
+        (None, None, Some(Value::Array(items))) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => job
+            .requested_scope
+            .as_deref()
+            .map(split)
+            .unwrap_or_default(),
+    };
+    if scopes.len() > limits::CAPTURE_CLAIM_VALUES_MAX {
+        return Err(Skip::TooManyValues);
+    }
     let resource = match job.requested_resources.as_slice() {
         [one] => one.clone(),
         [] => audience(&at.claims).unwrap_or_else(|| {
@@ -1296,6 +1313,44 @@ mod tests {
         assert_eq!(
             run(without(at_claims("alice"), "aud"), vec![]),
             "a.read b.write"
+        );
+        // Without a response scope, the access token's own scope claim says what was granted.
+        let at = f.at(&with(at_claims("alice"), json!({"scope": "x.read y.read"})));
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"scope": null}),
+            )))
+            .unwrap();
+        assert_eq!(d.snapshot.scopes, ["x.read", "y.read"]);
+        let at = f.at(&with(
+            without(at_claims("alice"), "scope"),
+            json!({"scp": ["s1", "s2"]}),
+        ));
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"scope": null}),
+            )))
+            .unwrap();
+        assert_eq!(d.snapshot.scopes, ["s1", "s2"]);
+        let at = f.at(&without(at_claims("alice"), "scope"));
+        let d = f
+            .derive(&code_job(response(
+                &at,
+                None,
+                Some("rt"),
+                json!({"scope": null}),
+            )))
+            .unwrap();
+        assert_eq!(
+            d.snapshot.scopes,
+            ["openid", "offline_access", "api.read"],
+            "the request's"
         );
         // The response's scope is kept as the primary wrote it.
         let at = f.at(&without(at_claims("alice"), "aud"));
