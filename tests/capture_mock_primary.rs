@@ -205,6 +205,8 @@ fn capture_follows_the_mock_primary_through_sign_in_rotation_and_refusal() {
     );
     assert!(queue.try_send(CaptureJob::Refused {
         presented: store.artifact_digest(ArtifactKind::RefreshToken, rt1.as_bytes()),
+        client_id: "native-app".into(),
+        dpop_proof: None,
         at_secs: now_secs(),
     }));
 

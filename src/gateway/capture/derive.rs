@@ -397,7 +397,7 @@ fn compliance(v: Option<&Value>) -> DeviceCompliance {
 /// Only proof of possession is checked here: the primary answered 200, so it has checked `htm`,
 /// `htu`, `iat` and `jti` already, and replaying the proof through `token::dpop::verify_proof`
 /// would need the request URL and would consume its `jti` a second time.
-fn proof_thumbprint(proof: &[u8]) -> Option<String> {
+pub(super) fn proof_thumbprint(proof: &[u8]) -> Option<String> {
     let jws = jws::parse_compact(proof, limits::DPOP_PROOF_BYTES_MAX).ok()?;
     let h = &jws.header;
     if h.typ.as_deref().and_then(Typ::from_header) != Some(Typ::DpopJwt)

@@ -59,9 +59,19 @@ pub enum CaptureJob {
     Granted(Box<GrantCapture>),
     /// The primary answered a `refresh_token` grant with 400 `invalid_grant`: with strict
     /// rotation the provider has revoked the whole grant, so the backup revokes it too.
+    ///
+    /// Providers also answer `invalid_grant` without revoking anything when the token is
+    /// presented by another client or with another DPoP key (the mock primary does, rightly:
+    /// otherwise anyone who saw a token could kill the grant). So the worker revokes only when
+    /// the request came from the token's own client and, for a token whose device is a DPoP
+    /// key, with a proof of that key.
     Refused {
         /// Digest (`ArtifactKind::RefreshToken`) of the refresh token the client presented.
         presented: ArtifactDigest,
+        /// The `client_id` of the refused request.
+        client_id: String,
+        /// The request's `DPoP` header, if any.
+        dpop_proof: Option<Bytes>,
         /// When the primary answered, unix seconds.
         at_secs: i64,
     },

@@ -15,6 +15,7 @@ pub struct CaptureStats {
     captured: AtomicU64,
     superseded: AtomicU64,
     revoked: AtomicU64,
+    refusals_ignored: AtomicU64,
     skipped: [AtomicU64; Skip::ALL.len()],
     store_failed: AtomicU64,
     queue_depth: AtomicU64,
@@ -33,6 +34,8 @@ pub struct CaptureCounts {
     pub superseded: u64,
     /// Refresh tokens revoked after the primary refused one of their family.
     pub revoked: u64,
+    /// Primary refusals not acted on: another client or another DPoP key presented the token.
+    pub refusals_ignored: u64,
     /// Responses not captured, by reason (indexed like [`Skip::ALL`]).
     pub skipped: [u64; Skip::ALL.len()],
     /// Store writes that failed.
@@ -73,6 +76,9 @@ impl CaptureStats {
     pub(super) fn on_revoked(&self, n: u64) {
         bump(&self.revoked, n);
     }
+    pub(super) fn on_refusal_ignored(&self) {
+        bump(&self.refusals_ignored, 1);
+    }
     pub(super) fn on_skipped(&self, reason: Skip) {
         if let Some(c) = self.skipped.get(reason.index()) {
             bump(c, 1);
@@ -108,6 +114,7 @@ impl CaptureStats {
             captured: get(&self.captured),
             superseded: get(&self.superseded),
             revoked: get(&self.revoked),
+            refusals_ignored: get(&self.refusals_ignored),
             skipped: std::array::from_fn(|i| self.skipped.get(i).map_or(0, get)),
             store_failed: get(&self.store_failed),
             queue_depth: get(&self.queue_depth),
@@ -124,7 +131,7 @@ impl CaptureStats {
 }
 
 fn render(c: &CaptureCounts, out: &mut String) -> std::fmt::Result {
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 7] = [
         (
             "backstop_capture_enqueued_total",
             "Primary token responses queued for capture.",
@@ -149,6 +156,11 @@ fn render(c: &CaptureCounts, out: &mut String) -> std::fmt::Result {
             "backstop_capture_revoked_total",
             "Refresh tokens revoked after the primary refused their family (invalid_grant).",
             c.revoked,
+        ),
+        (
+            "backstop_capture_refusals_ignored_total",
+            "Primary invalid_grant answers not acted on: the token came from another client or DPoP key.",
+            c.refusals_ignored,
         ),
         (
             "backstop_capture_store_failed_total",

@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::derive::{DeriveContext, Skip, derive};
+use super::derive::{DeriveContext, Skip, derive, proof_thumbprint};
 use super::stats::CaptureStats;
-use super::{CaptureJob, GrantCapture};
+use super::{CaptureJob, DEVICE_PREFIX_JKT, GrantCapture};
 use crate::config::CaptureConfig;
 use crate::limits;
 use crate::store::{
@@ -209,7 +209,18 @@ where
                     }
                 }
             }
-            CaptureJob::Refused { presented, at_secs } => self.refused(presented, at_secs, batch),
+            CaptureJob::Refused {
+                presented,
+                client_id,
+                dpop_proof,
+                at_secs,
+            } => {
+                let request = RefusedRequest {
+                    client_id: &client_id,
+                    dpop_proof: dpop_proof.as_deref(),
+                };
+                self.refused(presented, &request, at_secs, batch);
+            }
         }
     }
 
@@ -286,11 +297,25 @@ where
     /// The primary refused `presented` (`invalid_grant`). Strict rotation means it has revoked
     /// the whole grant: revoke the current token of the family, following successor links from
     /// a rotated-out one.
-    fn refused(&self, presented: ArtifactDigest, now: i64, batch: &mut Batch) {
+    fn refused(
+        &self,
+        presented: ArtifactDigest,
+        request: &RefusedRequest<'_>,
+        now: i64,
+        batch: &mut Batch,
+    ) {
         let Some(mut rec) = self.lookup(batch, &presented, now) else {
             tracing::debug!(artifact = ?presented, "primary refused a refresh token never captured");
             return;
         };
+        if !request.is_holder_of(&rec) {
+            self.stats.on_refusal_ignored();
+            tracing::info!(
+                artifact = ?presented,
+                "primary refused a refresh token presented by another client or DPoP key; not revoked"
+            );
+            return;
+        }
         for _ in 0..=limits::CAPTURE_SUCCESSOR_HOPS_MAX {
             match rec.state {
                 ArtifactState::Revoked => return,
@@ -359,6 +384,29 @@ where
     }
 }
 
+/// Who presented a refused token.
+struct RefusedRequest<'a> {
+    client_id: &'a str,
+    dpop_proof: Option<&'a [u8]>,
+}
+
+impl RefusedRequest<'_> {
+    /// The request came from the token's own client, and, when the token's device is a DPoP
+    /// key, proved possession of that key.
+    fn is_holder_of(&self, rec: &ArtifactRecord) -> bool {
+        if rec.app != self.client_id {
+            return false;
+        }
+        match rec.device.strip_prefix(DEVICE_PREFIX_JKT) {
+            None => true,
+            Some(jkt) => self
+                .dpop_proof
+                .and_then(proof_thumbprint)
+                .is_some_and(|t| t == jkt),
+        }
+    }
+}
+
 /// A fresh refresh-token family id: 128 random bits, hex.
 fn new_family() -> Option<String> {
     let mut b = [0u8; 16];
@@ -378,6 +426,8 @@ mod tests {
     use super::*;
     use crate::gateway::capture::Skip;
     use crate::store::{ClientAuthMethod, StoreOpts};
+    use crate::token::alg::SigningAlg;
+    use crate::token::sign::SigningKey;
 
     fn open(dir: &tempfile::TempDir) -> Arc<Store> {
         Arc::new(Store::open(dir.path(), StoreOpts::manual()).unwrap())
@@ -499,6 +549,8 @@ mod tests {
         // The client replays the rotated-out token; the primary refuses and kills the grant.
         assert!(q.try_send(CaptureJob::Refused {
             presented: digest_of(&store, "rt-1"),
+            client_id: CLIENT.into(),
+            dpop_proof: None,
             at_secs: NOW + 1,
         }));
         w.shutdown();
@@ -542,11 +594,15 @@ mod tests {
         let (q, w, stats) = start(&store, keys.clone(), 16);
         assert!(q.try_send(CaptureJob::Refused {
             presented: digest_of(&store, "rt-1"),
+            client_id: CLIENT.into(),
+            dpop_proof: None,
             at_secs: NOW + 5,
         }));
         // A token never captured is nothing to revoke.
         assert!(q.try_send(CaptureJob::Refused {
             presented: digest_of(&store, "never-seen"),
+            client_id: CLIENT.into(),
+            dpop_proof: None,
             at_secs: NOW + 5,
         }));
         w.shutdown();
@@ -558,6 +614,8 @@ mod tests {
         assert!(q.try_send(granted(code(&p, "rt-9"))));
         assert!(q.try_send(CaptureJob::Refused {
             presented: digest_of(&store, "rt-9"),
+            client_id: CLIENT.into(),
+            dpop_proof: None,
             at_secs: NOW + 6,
         }));
         w.shutdown();
@@ -586,6 +644,50 @@ mod tests {
             );
         }
         assert_eq!(stats.counts().superseded, 3);
+    }
+
+    #[test]
+    fn a_refusal_of_another_client_or_dpop_key_revokes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let holder = JwsSigner::new(SigningKey::generate(SigningAlg::Es256).unwrap());
+        let thief = JwsSigner::new(SigningKey::generate(SigningAlg::Es256).unwrap());
+        let (holder_proof, jkt) = holder.dpop_proof();
+        let (thief_proof, _) = thief.dpop_proof();
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        let at = p.jwt(
+            Some("at+jwt"),
+            &serde_json::json!({"cnf": {"jkt": jkt}, "iss": ISSUER, "sub": "alice", "iat": NOW, "exp": NOW + 60}),
+        );
+        assert!(q.try_send(granted(code_job(response(
+            &at,
+            None,
+            Some("rt-b"),
+            json!({"token_type": "DPoP"})
+        )))));
+        assert!(q.try_send(granted(code(&p, "rt-plain"))));
+        let refused = |rt: &str, client: &str, proof: Option<&str>| CaptureJob::Refused {
+            presented: digest_of(&store, rt),
+            client_id: client.into(),
+            dpop_proof: proof.map(|p| bytes::Bytes::from(p.to_string())),
+            at_secs: NOW + 1,
+        };
+        assert!(q.try_send(refused("rt-plain", "other-app", None)));
+        assert!(q.try_send(refused("rt-b", CLIENT, None)));
+        assert!(q.try_send(refused("rt-b", CLIENT, Some(&thief_proof))));
+        w.shutdown();
+        assert_eq!(artifact(&store, "rt-plain").state, ArtifactState::Current);
+        assert_eq!(artifact(&store, "rt-b").state, ArtifactState::Current);
+        let c = stats.counts();
+        assert_eq!((c.revoked, c.refusals_ignored), (0, 3));
+
+        // The holder's own refused refresh does revoke.
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        assert!(q.try_send(refused("rt-b", CLIENT, Some(&holder_proof))));
+        w.shutdown();
+        assert_eq!(artifact(&store, "rt-b").state, ArtifactState::Revoked);
+        assert_eq!(stats.counts().revoked, 1);
     }
 
     #[test]
