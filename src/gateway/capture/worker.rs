@@ -8,7 +8,9 @@
 //! right after the code grant that issued its token finds that token), writes are coalesced
 //! per key (the last state of a record wins, so the order in which the store applies them
 //! cannot matter), then all are submitted at once and awaited: a batch costs about one group
-//! commit. Batches run one after another, so a later batch sees every earlier write.
+//! commit. Batches run one after another, so a later batch sees every earlier write. After a
+//! batch that did not fill, the worker lingers `limits::CAPTURE_LINGER_MS` so the next one
+//! gathers more jobs and the senders rarely have a thread to wake.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,7 +114,7 @@ where
     let (tx, rx) = mpsc::channel(cfg.queue_len.max(1));
     let (stop_tx, stop_rx) = oneshot::channel();
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_time()
         .build()
         .map_err(CaptureError::Runtime)?;
     let worker = Worker {
@@ -177,6 +179,12 @@ where
                         self.process(job, &mut batch);
                     }
                     self.flush(batch).await;
+                    if !stopping && n < limits::CAPTURE_BATCH_JOBS_MAX {
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            limits::CAPTURE_LINGER_MS,
+                        ))
+                        .await;
+                    }
                 }
             }
         }
