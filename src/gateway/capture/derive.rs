@@ -150,7 +150,7 @@ impl Skip {
     }
 }
 
-/// What [`derive`] needs besides the job: the primary's keys, the claim configuration, the
+/// What [`derive()`] needs besides the job: the primary's keys, the claim configuration, the
 /// issuer, and the store's keyed digest for refresh tokens.
 pub struct DeriveContext<'a> {
     /// The primary's signing keys.

@@ -5,9 +5,9 @@
 //! `refresh_token` grant the primary answers with 200 (and for every primary `invalid_grant` to
 //! a refresh grant) and hands it to [`CaptureQueue::try_send`], which never blocks: a full queue
 //! drops the job and counts it. One worker thread ([`spawn_capture_worker`]) takes jobs in
-//! batches, calls the pure [`derive`] for each, and writes the results to the store.
+//! batches, calls the pure [`derive()`] for each, and writes the results to the store.
 //!
-//! - [`derive`]: response → verified tokens → snapshot, artifact, superseded predecessor and
+//! - [`derive()`]: response → verified tokens → snapshot, artifact, superseded predecessor and
 //!   client-secret record. Pure: time, keys and randomness come in as inputs.
 //! - [`worker`]: the queue, the worker thread, batching, revocation on refusal.
 //! - [`stats`]: the counters and their Prometheus text.
