@@ -321,9 +321,11 @@ impl<'a> Claims<'a> {
             .or_else(|| self.at.get(name))
     }
 
+    /// An identifier claim: a non-empty string, or a number (some providers' numeric ids).
     fn string(&self, name: &str) -> Result<Option<String>, Skip> {
         match self.get(name) {
             Some(Value::String(s)) if !s.is_empty() => bounded(s).map(Some),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
             _ => Ok(None),
         }
     }

@@ -123,6 +123,7 @@ where
         cfg,
         issuer,
         stats: Arc::clone(&stats),
+        last_warn_secs: std::cell::Cell::new(i64::MIN),
     };
     let thread = std::thread::Builder::new()
         .name("backstop-capture".into())
@@ -143,6 +144,8 @@ struct Worker<K> {
     cfg: CaptureConfig,
     issuer: String,
     stats: Arc<CaptureStats>,
+    /// Job time of the last rate-limited warning.
+    last_warn_secs: std::cell::Cell<i64>,
 }
 
 /// One batch's writes, coalesced per key, and what they will count once durable.
@@ -191,6 +194,19 @@ where
         tracing::debug!("capture worker stopped");
     }
 
+    /// Whether a rate-limited warning may be logged at `now` (one a minute: a provider whose
+    /// tokens never verify, such as Entra's Graph tokens with a header nonce, must not flood
+    /// the log; the counter has every occurrence).
+    fn warn_due(&self, now: i64) -> bool {
+        let last = self.last_warn_secs.get();
+        if now.saturating_sub(last) >= 60 {
+            self.last_warn_secs.set(now);
+            true
+        } else {
+            false
+        }
+    }
+
     /// The record of `digest` as the batch or the store has it.
     fn lookup(&self, batch: &Batch, digest: &ArtifactDigest, now: i64) -> Option<ArtifactRecord> {
         match batch.artifacts.get(digest) {
@@ -207,10 +223,12 @@ where
             CaptureJob::Granted(g) => {
                 if let Err(reason) = self.granted(&g, batch) {
                     self.stats.on_skipped(reason);
-                    if reason == Skip::BadSignature {
+                    if reason == Skip::BadSignature && self.warn_due(g.received_at_secs) {
                         tracing::warn!(
                             client_id = %g.client_id,
-                            "capture skipped: a primary token's signature does not verify"
+                            skipped_total = self.stats.counts().skipped(reason),
+                            "capture skipped: a primary token's signature does not verify \
+                             (logged at most once a minute; see backstop_capture_skipped_total)"
                         );
                     } else {
                         tracing::debug!(client_id = %g.client_id, reason = reason.as_str(), "capture skipped");
