@@ -9,6 +9,7 @@
 //!
 //! - [`derive()`]: response → verified tokens → snapshot, artifact, superseded predecessor and
 //!   client-secret record. Pure: time, keys and randomness come in as inputs.
+//! - [`request`]: the request half of a job, taken (credentials digested) before forwarding.
 //! - [`worker`]: the queue, the worker thread, batching, revocation on refusal.
 //! - [`stats`]: the counters and their Prometheus text.
 //!
@@ -21,6 +22,7 @@
 //! the response body and the DPoP proof.
 
 pub mod derive;
+pub mod request;
 pub mod stats;
 pub mod worker;
 
@@ -33,6 +35,7 @@ use zeroize::Zeroizing;
 use crate::store::{ArtifactDigest, ArtifactKind, ClientAuthMethod, Store};
 
 pub use derive::{DeriveContext, Derived, Skip, derive, stored_template_meta, template_to_store};
+pub use request::{CaptureRequest, client_auth_method};
 pub use stats::{CaptureCounts, CaptureStats};
 pub use worker::{CaptureError, CaptureQueue, CaptureWorker, spawn_capture_worker};
 
