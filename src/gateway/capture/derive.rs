@@ -1473,6 +1473,26 @@ mod tests {
         assert_eq!(f.derive(&job).unwrap().client_secret, None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever the primary's body (bytes from the network), derive answers, never panics.
+        #[test]
+        fn derive_never_panics_on_arbitrary_bodies(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let f = Fixture::new();
+            let _ = f.derive(&code_job(Bytes::from(body)));
+        }
+
+        /// Nor on well-formed responses carrying arbitrary token strings.
+        #[test]
+        fn derive_never_panics_on_arbitrary_tokens(at in "[A-Za-z0-9_.-]{0,80}", id in "[A-Za-z0-9_.-]{0,80}", rt in ".{0,20}") {
+            let f = Fixture::new();
+            let mut job = code_job(response(&at, Some(&id), Some(&rt), json!({})));
+            job.dpop_proof = Some(Bytes::from(id.clone()));
+            proptest::prop_assert!(f.derive(&job).is_err());
+        }
+    }
+
     #[test]
     fn stored_template_meta_refuses_what_it_does_not_know() {
         assert!(stored_template_meta(16, 0, "RS256", "", 0).is_none());
