@@ -66,8 +66,8 @@ pub enum CaptureJob {
     /// Providers also answer `invalid_grant` without revoking anything when the token is
     /// presented by another client or with another DPoP key (the mock primary does, rightly:
     /// otherwise anyone who saw a token could kill the grant). So the worker revokes only when
-    /// the request came from the token's own client and, for a token whose device is a DPoP
-    /// key, with a proof of that key.
+    /// the request came from the token's own client and, for a token whose session is bound to
+    /// a DPoP key, with a proof of that key.
     Refused {
         /// Digest (`ArtifactKind::RefreshToken`) of the refresh token the client presented.
         presented: ArtifactDigest,

@@ -290,6 +290,29 @@ where
         Ok(())
     }
 
+    /// The DPoP key `rec`'s session is bound to: the snapshot's `dpop_jkt` (batch first, then
+    /// the store). Without a snapshot, a `jkt:` device is taken as bound (refusing to act on a
+    /// refusal is the side that cannot be abused to kill a grant).
+    fn bound_key(&self, batch: &Batch, rec: &ArtifactRecord, now: i64) -> Option<String> {
+        let id = SessionIdentity {
+            tenant: rec.tenant.clone(),
+            user: rec.user.clone(),
+            device: rec.device.clone(),
+            app: rec.app.clone(),
+            resource: rec.resource.clone(),
+        };
+        match batch.sessions.get(&id) {
+            Some(s) => s.dpop_jkt.clone(),
+            None => match self.store.get_session(&id, now) {
+                Some(s) => s.to_snapshot().dpop_jkt,
+                None => rec
+                    .device
+                    .strip_prefix(DEVICE_PREFIX_JKT)
+                    .map(str::to_string),
+            },
+        }
+    }
+
     /// Marks the current token of the chain starting at `from` as superseded by `newest`.
     fn supersede_chain(
         &self,
@@ -334,7 +357,7 @@ where
             tracing::debug!(artifact = ?presented, "primary refused a refresh token never captured");
             return;
         };
-        if !request.is_holder_of(&rec) {
+        if !request.is_holder_of(&rec, self.bound_key(batch, &rec, now).as_deref()) {
             self.stats.on_refusal_ignored();
             tracing::info!(
                 artifact = ?presented,
@@ -417,13 +440,14 @@ struct RefusedRequest<'a> {
 }
 
 impl RefusedRequest<'_> {
-    /// The request came from the token's own client, and, when the token's device is a DPoP
-    /// key, proved possession of that key.
-    fn is_holder_of(&self, rec: &ArtifactRecord) -> bool {
+    /// The request came from the token's own client and, when the token is bound to a DPoP key
+    /// (`bound_jkt`), proved possession of that key. An unbound token refused to its own
+    /// client is dead whatever proof came with it.
+    fn is_holder_of(&self, rec: &ArtifactRecord, bound_jkt: Option<&str>) -> bool {
         if rec.app != self.client_id {
             return false;
         }
-        match rec.device.strip_prefix(DEVICE_PREFIX_JKT) {
+        match bound_jkt {
             None => true,
             Some(jkt) => self
                 .dpop_proof
@@ -713,6 +737,19 @@ mod tests {
         assert!(q.try_send(refused("rt-b", CLIENT, Some(&holder_proof))));
         w.shutdown();
         assert_eq!(artifact(&store, "rt-b").state, ArtifactState::Revoked);
+        assert_eq!(stats.counts().revoked, 1);
+
+        // A Bearer session whose device is a proof's key is not bound: the primary's refusal is
+        // about the grant, and revokes it whatever proof came along.
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        let mut job = code(&p, "rt-u");
+        job.dpop_proof = Some(bytes::Bytes::from(holder_proof.clone()));
+        assert!(q.try_send(granted(job)));
+        assert!(q.try_send(refused("rt-u", CLIENT, None)));
+        w.shutdown();
+        let u = artifact(&store, "rt-u");
+        assert_eq!(u.device, format!("jkt:{jkt}"));
+        assert_eq!(u.state, ArtifactState::Revoked);
         assert_eq!(stats.counts().revoked, 1);
     }
 
