@@ -17,9 +17,19 @@
 //! `jkt:<RFC 7638 thumbprint>` (the access token's `cnf.jkt`, else the verified DPoP proof's
 //! key), `hdr:<value>` (the configured device header), `family:<id>` (the refresh-token family).
 //!
+//! What the outage path can rely on: a refresh token's [`crate::store::ArtifactRecord`] names
+//! its session exactly (tenant, user, device, app, resource: the key of the snapshot written
+//! with it); `state` says whether it may still be presented; a session with `dpop_jkt` was bound
+//! by the primary and needs a proof of that key; a `jkt:` device on an unbound session was named
+//! by the proof the client sent at capture. Templates convert back with
+//! [`stored_template_meta`].
+//!
 //! Invariant: no raw token, cookie or secret is stored or logged; only keyed digests
 //! ([`crate::store::Store::artifact_digest`]) leave this module. `GrantCapture`'s `Debug` hides
 //! the response body and the DPoP proof.
+//!
+//! Invariant: capture reads no clock (a job's time is the server's `received_at_secs`) and
+//! never blocks a sender; its only I/O is the store's.
 
 pub mod derive;
 pub mod request;
