@@ -353,7 +353,10 @@ where
         now: i64,
         batch: &mut Batch,
     ) {
-        let Some(mut rec) = self.lookup(batch, &presented, now) else {
+        let Some(mut rec) = self
+            .lookup(batch, &presented, now)
+            .filter(|r| r.kind == ArtifactKind::RefreshToken)
+        else {
             tracing::debug!(artifact = ?presented, "primary refused a refresh token never captured");
             return;
         };
