@@ -1099,6 +1099,26 @@ mod tests {
     }
 
     #[test]
+    fn no_randomness_and_oversized_identifiers_are_skips() {
+        let f = Fixture::new();
+        let digest = |raw: &[u8]| f.digests.artifact_digest(ArtifactKind::RefreshToken, raw);
+        let ctx = DeriveContext {
+            keys: &f.keys,
+            cfg: &f.cfg,
+            issuer: ISSUER,
+            refresh_digest: &digest,
+        };
+        assert_eq!(
+            derive(&f.code("rt"), &ctx, None, || None).err(),
+            Some(Skip::NoRandomness)
+        );
+        let long = "u".repeat(limits::CAPTURE_CLAIM_VALUE_BYTES_MAX + 1);
+        let at = f.at(&at_claims(&long));
+        let job = code_job(response(&at, None, Some("rt"), json!({})));
+        assert_eq!(f.derive(&job).err(), Some(Skip::ValueTooLong));
+    }
+
+    #[test]
     fn unknown_key_is_a_skip_not_a_capture() {
         let f = Fixture::new();
         let other =
