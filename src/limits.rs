@@ -467,3 +467,76 @@ const _: () = {
     assert!(NAMED_LOCATION_RANGES_MAX >= 2_000);
     assert!(POLICY_STRING_BYTES_MAX < POLICY_DOCUMENT_BYTES_MAX);
 };
+
+// ---------------------------------------------------------------------------------------------
+// Normal-mode capture (issue 5): primary token responses → snapshots and artifacts, off the
+// request path. The queue and the window are configurable under `[capture]`.
+// ---------------------------------------------------------------------------------------------
+
+/// Captures waiting for the capture worker. A full queue drops the capture and counts it
+/// (`backstop_capture_dropped_total`); the response to the client never waits. A job holds
+/// the primary's response body (a few KiB), so the default bounds the queue to tens of MiB.
+pub const CAPTURE_QUEUE_LEN: Bound = Bound {
+    min: 1,
+    max: 1 << 20,
+    default: 4096,
+};
+
+/// Seconds a snapshot stays servable after the primary's last successful authentication
+/// (DESIGN §1: 3 days by default). At least an hour, at most 90 days.
+pub const CAPTURE_SESSION_WINDOW_SECS: Bound = Bound {
+    min: 3600,
+    max: 90 * 24 * 3600,
+    default: 3 * 24 * 3600,
+};
+
+/// Bytes of a primary token response the capture parses; a larger one is skipped
+/// (`response_too_large`). Three JWTs of at most `JWS_COMPACT_BYTES_MAX` plus members.
+pub const CAPTURE_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+/// Jobs the capture worker takes from its queue per batch: their writes are coalesced per key
+/// and awaited together, so a batch costs about one group commit.
+pub const CAPTURE_BATCH_JOBS_MAX: usize = 256;
+
+/// Milliseconds the capture worker waits after a batch that did not fill, so that jobs gather
+/// into the next one. While it waits, a send wakes no thread: the server's workers pay one
+/// atomic operation per capture instead of a cross-thread wake-up (FIELD-NOTES: 80–90 µs of
+/// latency, a futex call of CPU), at the cost of this much capture delay.
+pub const CAPTURE_LINGER_MS: u64 = 5;
+
+/// Successor links followed from a refused refresh token to the current one of its family.
+/// A family longer than this (a client refreshing every minute for days) revokes only what it
+/// reached and says so in the log.
+pub const CAPTURE_SUCCESSOR_HOPS_MAX: usize = 64;
+
+/// Bytes of a configured device header's value; a longer value is not used as the device
+/// identity (the refresh-token family is used instead).
+pub const CAPTURE_DEVICE_HEADER_BYTES_MAX: usize = 256;
+
+/// Bytes of one configured claim or header name under `[capture]`.
+pub const CAPTURE_CLAIM_NAME_BYTES_MAX: usize = 128;
+
+/// Entries of `capture.user_claims`.
+pub const CAPTURE_USER_CLAIMS_MAX: usize = 8;
+
+/// Values of one list claim (`amr`, groups, roles) kept in a snapshot. A longer list skips the
+/// capture (`too_many_values`): a truncated group list could let a policy that targets a missing
+/// group pass in an outage.
+pub const CAPTURE_CLAIM_VALUES_MAX: usize = 1024;
+
+/// Bytes of one string taken from a claim (user, tenant, `acr`, a group, a platform).
+pub const CAPTURE_CLAIM_VALUE_BYTES_MAX: usize = 1024;
+
+const _: () = {
+    assert!(CAPTURE_QUEUE_LEN.is_coherent());
+    assert!(CAPTURE_SESSION_WINDOW_SECS.is_coherent());
+    assert!(CAPTURE_BATCH_JOBS_MAX >= 1);
+    assert!(CAPTURE_SUCCESSOR_HOPS_MAX >= 1);
+    // Identifiers taken from claims must fit the store's identifier bound.
+    assert!(CAPTURE_CLAIM_VALUE_BYTES_MAX <= STORE_IDENTIFIER_BYTES_MAX);
+    // "hdr:" + the header value is a device identifier.
+    assert!(CAPTURE_DEVICE_HEADER_BYTES_MAX + 4 <= STORE_IDENTIFIER_BYTES_MAX);
+    // A response holding three JWTs of the largest size we verify must fit.
+    assert!(3 * JWS_COMPACT_BYTES_MAX < CAPTURE_RESPONSE_BYTES_MAX);
+    assert!(CAPTURE_RESPONSE_BYTES_MAX <= UPSTREAM_BUFFERED_BODY_BYTES_MAX);
+};

@@ -6,6 +6,7 @@
 //! program uses, so nothing downstream re-checks a setting. Secrets are read here (from the
 //! environment or a file) and kept in `Secret`, which never prints its value.
 
+mod capture;
 mod secret;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use crate::failover::{BreakerConfig, BreakerConfigError};
 use crate::limits::{self, Bound};
 
+pub use capture::CaptureConfig;
 pub use secret::Secret;
 
 /// Environment variable holding the admin API bearer token.
@@ -95,6 +97,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     failover: RawFailover,
+    #[serde(default)]
+    capture: capture::RawCapture,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +166,8 @@ pub struct Config {
     pub failover: BreakerConfig,
     /// Bearer token for the admin API; `None` disables the admin API.
     pub admin_token: Option<Secret>,
+    /// Normal-mode capture: claim names, snapshot window, queue length.
+    pub capture: CaptureConfig,
 }
 
 /// Where backstop reaches the primary identity provider.
@@ -320,6 +326,7 @@ impl Config {
         let limits = resolve_limits(&raw.limits)?;
         let log = resolve_log(&raw.log)?;
         let admin_token = resolve_admin_token(raw.admin_token_file.as_deref(), secrets)?;
+        let capture = capture::resolve_capture(&raw.capture)?;
 
         Ok(Self {
             listen,
@@ -332,6 +339,7 @@ impl Config {
             log,
             failover,
             admin_token,
+            capture,
         })
     }
 }
@@ -724,6 +732,8 @@ mod tests {
         assert_eq!(config.primary, defaults.primary);
         assert_eq!(config.failover, defaults.failover);
         assert_eq!(config.failover, BreakerConfig::default());
+        assert_eq!(config.capture, defaults.capture);
+        assert_eq!(config.capture, CaptureConfig::default());
     }
 
     #[test]
@@ -806,6 +816,46 @@ mod tests {
                 "failover.consecutive_failures_max",
             ),
             ("[log]\nlevel = \"[[[\"", "log.level"),
+            ("[capture]\nqueue_len = 0", "capture.queue_len"),
+            (
+                "[capture]\nsession_window_secs = 60",
+                "capture.session_window_secs",
+            ),
+            ("[capture]\nuser_claims = []", "capture.user_claims"),
+            ("[capture]\nuser_claims = [\"\"]", "capture.user_claims"),
+            ("[capture]\ntenant_claim = \"a b\"", "capture.tenant_claim"),
+            (
+                "[capture]\ndefault_tenant = \"\\u0001\"",
+                "capture.default_tenant",
+            ),
+            ("[capture]\nguest_claim = \"\\t\"", "capture.guest_claim"),
+            ("[capture]\nguest_value = \"\"", "capture.guest_value"),
+            (
+                "[capture]\nhome_tenant_claim = \"x y\"",
+                "capture.home_tenant_claim",
+            ),
+            ("[capture]\ngroups_claim = \" \"", "capture.groups_claim"),
+            ("[capture]\nroles_claim = \" \"", "capture.roles_claim"),
+            (
+                "[capture]\nsign_in_risk_claim = \" \"",
+                "capture.sign_in_risk_claim",
+            ),
+            (
+                "[capture]\nuser_risk_claim = \" \"",
+                "capture.user_risk_claim",
+            ),
+            (
+                "[capture]\ndevice_platform_claim = \" \"",
+                "capture.device_platform_claim",
+            ),
+            (
+                "[capture]\ndevice_compliance_claim = \" \"",
+                "capture.device_compliance_claim",
+            ),
+            (
+                "[capture]\ndevice_header = \"Authorization\"",
+                "capture.device_header",
+            ),
         ];
         for (text, field) in cases {
             assert_eq!(invalid_field(text), field, "for config {text:?}");
@@ -828,6 +878,10 @@ mod tests {
         assert!(err.contains("lisen"), "{err}");
         let err = parse("[limits]\nbody_max = 1").unwrap_err().to_string();
         assert!(err.contains("body_max"), "{err}");
+        let err = parse("[capture]\nuser_claim = [\"sub\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user_claim"), "{err}");
     }
 
     #[test]
