@@ -19,8 +19,8 @@ use std::sync::Mutex;
 
 use crate::protocol::{ClientAuth, Form, OAuthError, RequestError, TokenRequest};
 use crate::store::{
-    ArtifactDigest, ArtifactKind, ArtifactState, ArtifactView, ClientAuthMethod, SessionIdentity,
-    SessionView, Store,
+    ArtifactKind, ArtifactState, ArtifactView, ClientAuthMethod, SessionIdentity, SessionView,
+    Store,
 };
 use crate::token::alg::SigningAlg;
 use crate::token::dpop::{self, DpopPolicy, DpopRequest, ReplayCache};
@@ -468,7 +468,11 @@ fn check_client(
         ClientAuthMethod::SecretBasic | ClientAuthMethod::SecretPost => match client {
             ClientAuth::SecretBasic { client_id, secret }
             | ClientAuth::SecretPost { client_id, secret } => {
-                let digest = client_secret_digest(env.store, client_id, secret.expose().as_bytes());
+                let digest = crate::gateway::capture::client_secret_digest(
+                    env.store,
+                    client_id,
+                    secret.expose().as_bytes(),
+                );
                 match env.store.get_artifact(&digest, env.now_secs) {
                     Some(rec)
                         if rec.state() == ArtifactState::Current
@@ -488,16 +492,6 @@ fn check_client(
             Some(Refusal::ClientAuthUnsupported)
         }
     }
-}
-
-/// The keyed digest under which a client secret the primary accepted is recorded: over
-/// `client_id ‖ 0x00 ‖ secret`, so one client's secret never authenticates another.
-pub fn client_secret_digest(store: &Store, client_id: &str, secret: &[u8]) -> ArtifactDigest {
-    let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(client_id.len() + 1 + secret.len()));
-    raw.extend_from_slice(client_id.as_bytes());
-    raw.push(0);
-    raw.extend_from_slice(secret);
-    store.artifact_digest(ArtifactKind::ClientSecret, &raw)
 }
 
 /// A requested `scope` must be exactly the granted set (any order): a wider one is refused as
@@ -815,7 +809,7 @@ mod tests {
             current.client_auth = ClientAuthMethod::SecretBasic;
             let mut sec = artifact(&store, "unused", ArtifactState::Current);
             sec.kind = ArtifactKind::ClientSecret;
-            sec.digest = client_secret_digest(&store, "app", b"s3cret");
+            sec.digest = crate::gateway::capture::client_secret_digest(&store, "app", b"s3cret");
             block_on(store.put_artifact(&sec)).unwrap();
         }
         block_on(store.put_artifact(&current)).unwrap();

@@ -78,6 +78,9 @@ pub enum ServerError {
     /// The client to the primary could not be configured.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The capture worker could not be started.
+    #[error(transparent)]
+    Capture(#[from] crate::gateway::capture::CaptureError),
     /// The session store could not be opened.
     #[error("session store in `data_dir`: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -120,6 +123,10 @@ pub(crate) struct Shared {
     pub(crate) dpop_replay: std::sync::Mutex<crate::token::dpop::ReplayCache>,
     /// Policy and revocation checks of the outage path.
     pub(crate) checks: Box<dyn crate::gateway::outage::OutageChecks>,
+    /// The capture worker's queue (normal mode records what the primary grants).
+    pub(crate) capture: crate::gateway::capture::CaptureQueue,
+    /// The capture worker's counters.
+    pub(crate) capture_stats: Arc<crate::gateway::capture::CaptureStats>,
 }
 
 /// Unix milliseconds from the wall clock, for audit records.
@@ -142,6 +149,7 @@ pub struct BoundServer {
     public: Vec<StdListener>,
     admin: Option<StdListener>,
     audit_writer: std::thread::JoinHandle<()>,
+    capture_worker: crate::gateway::capture::CaptureWorker,
     control: tokio::runtime::Runtime,
     signals: Signals,
 }
@@ -222,6 +230,17 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         discovery_path: metadata::discovery_path(&issuer),
         ..metadata::Metadata::default()
     }));
+    let capture_stats = Arc::new(crate::gateway::capture::CaptureStats::new());
+    let (capture, capture_worker) = {
+        let metadata = metadata.clone();
+        crate::gateway::capture::spawn_capture_worker(
+            store.clone(),
+            move || metadata.load().primary_keys.clone(),
+            config.capture.clone(),
+            issuer.clone(),
+            capture_stats.clone(),
+        )?
+    };
     let shared = Arc::new(Shared {
         metrics: Registry::new(config.workers, env!("CARGO_PKG_VERSION")),
         started: Instant::now(),
@@ -237,6 +256,8 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
             usize::try_from(crate::limits::DPOP_REPLAY_ENTRIES.default).unwrap_or(1 << 20),
         )),
         checks: Box::new(crate::gateway::outage::AllowAll),
+        capture,
+        capture_stats,
         mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
         breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
         tls,
@@ -257,6 +278,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         public,
         admin,
         audit_writer,
+        capture_worker,
         control,
         signals,
     })
@@ -280,6 +302,7 @@ impl BoundServer {
             public,
             admin,
             audit_writer,
+            capture_worker,
             control,
             signals,
         } = self;
@@ -331,8 +354,9 @@ impl BoundServer {
                 first_error.get_or_insert(e);
             }
         }
-        // Flush durable state: the audit log writes what was queued and stops. (The store, once
-        // the gateway opens it, acknowledges only durable writes, so it has nothing to flush.)
+        // Flush durable state: queued captures reach the store (which acknowledges only durable
+        // writes), then the audit log writes what was queued and stops.
+        capture_worker.shutdown();
         shared.audit.close();
         if audit_writer.join().is_err() {
             tracing::error!("audit writer thread panicked");

@@ -319,6 +319,7 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
         }
         Route::Metrics => {
             let mut body = shared.metrics.render(shared.started.elapsed());
+            shared.capture_stats.render_prometheus(&mut body);
             body.push_str(&format!(
                 "# HELP backstop_audit_dropped_total Audit records dropped because the writer fell behind.\n\
                  # TYPE backstop_audit_dropped_total counter\n\
