@@ -14,7 +14,6 @@
 mod common;
 
 #[path = "fixtures/token/support.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;
