@@ -20,7 +20,8 @@ use std::time::Duration;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use backstop::policy::{
-    ClientAppType, Decision, DevicePlatform, RequestFacts, RiskLevel, SessionFacts, evaluate, load,
+    ClientAppType, Decision, DevicePlatform, NO_STRINGS, RequestFacts, RiskLevel, SessionFacts,
+    evaluate, load,
 };
 use criterion::Criterion;
 use serde_json::{Value, json};
@@ -117,9 +118,9 @@ fn main() {
     };
     let session = SessionFacts {
         groups: &groups,
-        roles: &[],
-        sign_in_risk: RiskLevel::None,
-        user_risk: RiskLevel::None,
+        roles: NO_STRINGS,
+        sign_in_risk: Some(RiskLevel::None),
+        user_risk: Some(RiskLevel::None),
         amr: &["pwd", "mfa"],
         device_compliant: true,
         device_domain_joined: false,

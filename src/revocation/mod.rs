@@ -10,5 +10,5 @@
 mod event;
 mod filter;
 
-pub use event::{EventKind, RevocationEvent, Source, Subject};
+pub use event::{EventKind, RevocationEvent, Source, Subject, SubjectKind};
 pub use filter::{FilterSnapshot, Inserted, NotRevoked, RevocationError, RevocationSet, Verdict};
