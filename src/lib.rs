@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod eligibility;
 pub mod failover;
 pub mod limits;
 pub mod metrics;
@@ -18,5 +19,6 @@ pub mod server;
 pub mod fuzzing;
 pub mod policy;
 pub mod revocation;
+pub mod ssf;
 pub mod store;
 pub mod token;

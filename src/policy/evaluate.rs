@@ -182,7 +182,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// The machine reason for logs, metrics and audit.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::BlockedByPolicy => "blocked_by_policy",
             Self::ResilienceDefaultsDisabled => "resilience_defaults_disabled",

@@ -1,0 +1,1 @@
+//! Shared Signals receiver (placeholder).
