@@ -523,8 +523,9 @@ pub const SSF_IAT_WINDOW_SECS: Bound = Bound {
     default: 600,
 };
 
-/// `jti`s remembered for replay detection, `[ssf] replay_cache_entries`. Full: new SETs are
-/// refused (`temporarily unable`, the transmitter retries) rather than a `jti` forgotten early.
+/// `jti`s remembered for replay detection, `[ssf] replay_cache_entries`. Full: the oldest is
+/// forgotten first. That is safe because the events a SET yields are idempotent by id
+/// (`<jti>/<n>`): a redelivery past the cache inserts nothing new.
 pub const SSF_REPLAY_ENTRIES: Bound = Bound {
     min: 16,
     max: 10_000_000,

@@ -298,6 +298,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Reads and validates a policy file without publishing it (`backstop check-config`): the
+/// loaded set with its unknown fields and warnings, or the error naming the JSON path.
+pub fn check_file(path: &Path) -> Result<super::Loaded, PolicyFileError> {
+    let document = read_document(path)?;
+    load(&document).map_err(|error| PolicyFileError::Invalid {
+        origin: path.display().to_string(),
+        error,
+    })
+}
+
 /// Reads a policy file, refusing one over the document limit without reading it all.
 fn read_document(path: &Path) -> Result<Vec<u8>, PolicyFileError> {
     let read_err = |source| PolicyFileError::Read {
