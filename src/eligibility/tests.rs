@@ -194,7 +194,8 @@ fn base_case_is_served() {
 fn every_rule_and_reason_table() {
     let window = EligibilityConfig::default().session_window_secs;
     type Edit = fn(&mut Case);
-    let cases: Vec<(&str, Edit, &str, u8, (u16, &str))> = vec![
+    type Row = (&'static str, Edit, &'static str, u8, (u16, &'static str));
+    let cases: Vec<Row> = vec![
         // (what, edit, label, rule, wire)
         (
             "no snapshot",
