@@ -507,6 +507,20 @@ const _: () = {
     assert!(TRUSTED_PROXIES_MAX <= POLICY_LIST_ENTRIES_MAX);
 };
 
+/// Bytes of a `POST /admin/revocations` body (one event: ids are at most 256 + 512 bytes).
+pub const ADMIN_REVOCATION_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Seconds an admin revocation's `time` may lie ahead of now: an event in the future would
+/// deny fresh sign-ins until then, so only clock skew is allowed.
+pub const ADMIN_REVOCATION_FUTURE_SECS_MAX: i64 = 300;
+
+const _: () = {
+    assert!(
+        REVOCATION_EVENT_ID_BYTES_MAX + REVOCATION_SUBJECT_ID_BYTES_MAX + 256
+            <= ADMIN_REVOCATION_BODY_BYTES_MAX
+    );
+};
+
 // ---------------------------------------------------------------------------------------------
 // Shared Signals receiver (issue 6): Security Event Tokens pushed per RFC 8935.
 // ---------------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ pub fn policy_json(data: &[u8]) {
     };
     let again = load(data);
     assert!(
-        again.as_ref().is_ok_and(|l| l.set.policy_count() == loaded.set.policy_count()
-            && l.set.location_count() == loaded.set.location_count()
-            && l.warnings == loaded.warnings),
+        again
+            .as_ref()
+            .is_ok_and(|l| l.set.policy_count() == loaded.set.policy_count()
+                && l.set.location_count() == loaded.set.location_count()
+                && l.warnings == loaded.warnings),
         "loading the same document twice must give the same set"
     );
     let groups = ["g1", "group-1"];

@@ -12,9 +12,7 @@ use crate::ssf::{JtiCache, SET_CONTENT_TYPE, receive};
 use crate::token::alg::SigningAlg;
 use crate::token::b64;
 use crate::token::jwks::KeySet;
-use crate::token::sign::{
-    Ed25519Backend, PrivateKeyDer, SIGNATURE_BYTES_MAX, Signer, SigningKey,
-};
+use crate::token::sign::{Ed25519Backend, PrivateKeyDer, SIGNATURE_BYTES_MAX, Signer, SigningKey};
 
 /// RFC 8037 Appendix A.1's Ed25519 seed, as PKCS#8 (RFC 8410).
 const PKCS8: [u8; 48] = [

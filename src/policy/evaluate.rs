@@ -125,6 +125,15 @@ impl<S: AsRef<str>> StrList for &[S] {
     }
 }
 
+/// An archived (rkyv) vector of strings read in place, as an mmapped snapshot holds its
+/// `groups`, `roles` and `amr`: `groups: &view.groups` builds the facts without a copy. (rkyv
+/// is the archive format, not a store type: `policy` still knows nothing of the store.)
+impl<S: AsRef<str>> StrList for rkyv::vec::ArchivedVec<S> {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.as_slice().any_str(f)
+    }
+}
+
 /// The empty [`StrList`], for a snapshot without groups, roles or `amr`.
 pub const NO_STRINGS: &[&str; 0] = &[];
 
@@ -1198,6 +1207,58 @@ mod tests {
             (refusal.reason, refusal.policy_id.as_str()),
             (MfaRequired, "needs-mfa")
         );
+    }
+
+    #[test]
+    fn unknown_risk_may_match_a_risk_condition() {
+        let set = one(json!({
+            "conditions": {"signInRiskLevels": ["high"]},
+            "grantControls": {"operator": "OR", "builtInControls": ["block"]}
+        }));
+        let request = RequestFacts {
+            user_id: "u1",
+            app_id: "app1",
+            platform: None,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            client_app: ClientAppType::Browser,
+        };
+        let groups: Vec<String> = vec!["g1".into()];
+        let mut session = SessionFacts {
+            groups: &groups,
+            roles: NO_STRINGS,
+            sign_in_risk: Some(RiskLevel::Low),
+            user_risk: None,
+            amr: &["pwd"],
+            device_compliant: false,
+            device_domain_joined: false,
+            home_tenant: true,
+        };
+        assert!(matches!(
+            evaluate(&set, &request, &session),
+            Decision::Allow(_)
+        ));
+        // Unknown: the block *may* apply. A block that only may apply is not a certain block,
+        // and with resilience defaults on the policy is evaluated with what the snapshot has:
+        // nothing to satisfy a block, so it refuses.
+        session.sign_in_risk = None;
+        assert!(matches!(
+            evaluate(&set, &request, &session),
+            Decision::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn archived_string_vectors_are_read_in_place() {
+        let groups = vec![String::from("g1"), String::from("G-MFA")];
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&groups).unwrap();
+        let archived = rkyv::access::<
+            rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>,
+            rkyv::rancor::Error,
+        >(&bytes)
+        .unwrap();
+        let list: &dyn StrList = archived;
+        assert!(list.any_str(&mut |g| g == "G-MFA"));
+        assert!(!list.any_str(&mut |g| g == "g2"));
     }
 
     #[test]

@@ -40,6 +40,29 @@ pub struct Versioned<T> {
     pub value: T,
 }
 
+impl<T> Versioned<T> {
+    /// The `ETag` of this version for `GET /admin/policies`: the version, quoted (`"3"`).
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+}
+
+/// The version an `If-Match` header names, for [`PolicyManager::replace_if_version`]: `"3"`
+/// (as [`Versioned::etag`] writes it), a weak `W/"3"` or a bare `3`. `None` for anything else,
+/// including `*` and lists (the caller answers 412 or 400).
+pub fn parse_if_match(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    let inner = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    inner.parse().ok()
+}
+
 /// Where a policy version came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyOrigin {
@@ -513,6 +536,28 @@ mod tests {
             m.replace_if_version(&document(&["b"]), 1, 2).unwrap(),
             ReloadOutcome::Loaded { version: 2 }
         );
+    }
+
+    #[test]
+    fn etag_and_if_match_round_trip() {
+        let m = PolicyManager::empty();
+        m.replace_from_json(&document(&["a"]), 1).unwrap();
+        let etag = m.current().etag();
+        assert_eq!(etag, "\"1\"");
+        assert_eq!(parse_if_match(&etag), Some(1));
+        assert_eq!(parse_if_match("W/\"7\""), Some(7));
+        assert_eq!(parse_if_match(" 12 "), Some(12));
+        for bad in [
+            "*",
+            "",
+            "\"\"",
+            "\"1\", \"2\"",
+            "\"-1\"",
+            "\"x\"",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_if_match(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use evaluate::{
 pub use load::{LoadWarning, Loaded, PolicyLoadError, WarningKind, load};
 pub use manager::{
     PolicyFileError, PolicyManager, PolicyOrigin, ReloadOutcome, VersionMismatch, Versioned,
-    WatchHandle, check_file, spawn_watcher,
+    WatchHandle, check_file, parse_if_match, spawn_watcher,
 };
 pub use request::{ClientIpConfig, ClientIpError, client_ip};
 

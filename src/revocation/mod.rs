@@ -7,8 +7,10 @@
 //! Durability (the WAL), the admin API and the Shared Signals receiver live elsewhere and
 //! feed events in.
 
+mod admin;
 mod event;
 mod filter;
 
+pub use admin::{AdminEventError, admin_event_json, parse_admin_event};
 pub use event::{EventKind, RevocationEvent, Source, Subject, SubjectKind};
 pub use filter::{FilterSnapshot, Inserted, NotRevoked, RevocationError, RevocationSet, Verdict};
