@@ -225,6 +225,21 @@ fn event_subject_and_timestamp_take_precedence_within_bounds() {
 }
 
 #[test]
+fn a_plain_sub_claim_names_the_user_when_there_is_no_sub_id() {
+    let t = transmitter(SigningAlg::EdDsa);
+    let mut claims = set(json!({ format!("{RISC}account-purged"): {} }));
+    claims.as_object_mut().unwrap().remove("sub_id");
+    claims["sub"] = json!("u7");
+    let received = deliver(&t, &t.sign(&claims)).unwrap();
+    assert_eq!(received.events[0].subject, Subject::User("u7".into()));
+    claims["sub"] = json!(7);
+    assert_eq!(
+        code_of(deliver(&t, &t.sign(&claims))),
+        SsfErrorCode::InvalidRequest
+    );
+}
+
+#[test]
 fn aud_may_be_an_array_and_content_type_may_carry_parameters() {
     let t = transmitter(SigningAlg::EdDsa);
     let mut claims = set(json!({ format!("{RISC}account-disabled"): {} }));

@@ -9,8 +9,8 @@
 //! (a string or an array) containing `[ssf] audience`; `iat` within `[ssf] iat_window_secs`
 //! of now; `jti` present and not already acted on; then the `events` claim.
 //!
-//! Event types mapped (subject from the event's `subject`, else the SET's `sub_id`; see
-//! [`subject`] for RFC 9493 formats):
+//! Event types mapped (subject from the event's `subject`, else the SET's `sub_id`, else a
+//! plain `sub` as the user; see [`subject`] for RFC 9493 formats):
 //!
 //! | event type | revocation kind |
 //! |---|---|
@@ -374,17 +374,24 @@ fn mapped(
 }
 
 /// The subject of one event: its own `subject` member (CAEP and RISC drafts), else the SET's
-/// `sub_id` (SSF 1.0).
+/// `sub_id` (SSF 1.0), else a plain `sub` claim (RFC 8417 §2.2 allows one): the user.
 fn event_subject(
     claims: &Map<String, Value>,
     payload: &Map<String, Value>,
     event_type: &'static str,
 ) -> Result<Subject, SsfError> {
-    let identifier = payload
-        .get("subject")
-        .or_else(|| claims.get("sub_id"))
-        .ok_or_else(|| payload_error(event_type, "no subject and no sub_id"))?;
-    subject::subject_of(identifier).map_err(|e| payload_error(event_type, &e.to_string()))
+    let identifier = payload.get("subject").or_else(|| claims.get("sub_id"));
+    match (identifier, claims.get("sub")) {
+        (Some(identifier), _) => {
+            subject::subject_of(identifier).map_err(|e| payload_error(event_type, &e.to_string()))
+        }
+        (None, Some(Value::String(sub)))
+            if !sub.is_empty() && sub.len() <= crate::limits::SSF_STRING_BYTES_MAX =>
+        {
+            Ok(Subject::User(sub.clone()))
+        }
+        _ => Err(payload_error(event_type, "no subject, sub_id or sub")),
+    }
 }
 
 // Keep the JSON depth bound the token engine applies in mind: a SET's claims are parsed by
