@@ -1,7 +1,8 @@
 //! The admin API's revocation event shape (`POST /admin/revocations`, `GET
 //! /admin/revocations`): `{"id", "kind", "subject": {"type", "id"}, "time"}`. Parsed strictly
 //! (unknown fields refused, every string bounded) into a [`RevocationEvent`] with source
-//! `admin_api`; written back the same way, with its `source`.
+//! `admin_api`; written back the same way, with its `source`. [`AdminQuery`] is the filter of
+//! `GET /admin/revocations` (`?subject_type=user&subject_id=alice&kind=...&since=...`).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -114,6 +115,73 @@ pub fn admin_event_json(event: &RevocationEvent) -> Value {
     })
 }
 
+/// The filters of `GET /admin/revocations`; every one that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminQuery {
+    /// `subject_type`: `user`, `device`, `session` or `app`.
+    pub subject_type: Option<SubjectKind>,
+    /// `subject_id`: the exact identifier.
+    pub subject_id: Option<String>,
+    /// `kind`: an event kind name.
+    pub kind: Option<EventKind>,
+    /// `since`: events at or after this time, Unix seconds.
+    pub since_secs: Option<i64>,
+}
+
+impl AdminQuery {
+    /// Builds the query from decoded `(name, value)` pairs (the server's form parser bounds
+    /// them). Unknown names and bad values are refused, naming the parameter.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, AdminEventError> {
+        let mut query = AdminQuery::default();
+        for (name, value) in pairs {
+            match name {
+                "subject_type" => {
+                    query.subject_type = Some(SubjectKind::from_name(value).ok_or_else(|| {
+                        invalid("subject_type", "one of user, device, session, app")
+                    })?);
+                }
+                "subject_id" => {
+                    if value.is_empty() || value.len() > REVOCATION_SUBJECT_ID_BYTES_MAX {
+                        return Err(invalid(
+                            "subject_id",
+                            format!("1 to {REVOCATION_SUBJECT_ID_BYTES_MAX} bytes"),
+                        ));
+                    }
+                    query.subject_id = Some(value.to_owned());
+                }
+                "kind" => {
+                    query.kind = Some(
+                        EventKind::from_name(value)
+                            .ok_or_else(|| invalid("kind", "an event kind name"))?,
+                    );
+                }
+                "since" => {
+                    query.since_secs = Some(
+                        value
+                            .parse()
+                            .map_err(|_| invalid("since", "Unix seconds"))?,
+                    );
+                }
+                _ => return Err(invalid("query", "subject_type, subject_id, kind, since")),
+            }
+        }
+        Ok(query)
+    }
+
+    /// Whether `event` passes every filter that is set.
+    pub fn matches(&self, event: &RevocationEvent) -> bool {
+        self.subject_type.is_none_or(|k| event.subject.kind() == k)
+            && self
+                .subject_id
+                .as_deref()
+                .is_none_or(|id| event.subject.id() == id)
+            && self.kind.is_none_or(|k| event.kind == k)
+            && self.since_secs.is_none_or(|t| event.time_secs >= t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +212,55 @@ mod tests {
         let without_time =
             br#"{"id":"r","kind":"sessions_revoked","subject":{"type":"app","id":"c"}}"#;
         assert_eq!(parse_admin_event(without_time, NOW).unwrap().time_secs, NOW);
+    }
+
+    #[test]
+    fn query_filters_by_every_field() {
+        let event = parse_admin_event(
+            br#"{"id":"r","kind":"sessions_revoked","subject":{"type":"device","id":"d1"},"time":500}"#,
+            NOW,
+        )
+        .unwrap();
+        let matching = [
+            vec![],
+            vec![("subject_type", "device")],
+            vec![("subject_id", "d1"), ("kind", "sessions_revoked")],
+            vec![("since", "500")],
+        ];
+        for pairs in matching {
+            assert!(
+                AdminQuery::from_pairs(pairs.clone())
+                    .unwrap()
+                    .matches(&event),
+                "{pairs:?}"
+            );
+        }
+        let missing = [
+            vec![("subject_type", "user")],
+            vec![("subject_id", "d2")],
+            vec![("kind", "credential_change")],
+            vec![("since", "501")],
+        ];
+        for pairs in missing {
+            assert!(
+                !AdminQuery::from_pairs(pairs.clone())
+                    .unwrap()
+                    .matches(&event),
+                "{pairs:?}"
+            );
+        }
+        for (pairs, field) in [
+            (vec![("subject_type", "tenant")], "subject_type"),
+            (vec![("since", "soon")], "since"),
+            (vec![("kind", "x")], "kind"),
+            (vec![("subject_id", "")], "subject_id"),
+            (vec![("limit", "5")], "query"),
+        ] {
+            assert!(
+                matches!(AdminQuery::from_pairs(pairs), Err(AdminEventError::Invalid { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
     }
 
     #[test]
