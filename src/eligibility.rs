@@ -72,6 +72,28 @@ pub struct RequestFacts<'a> {
     pub interaction: Interaction<'a>,
 }
 
+impl<'a> RequestFacts<'a> {
+    /// The facts from what the server has in hand: the socket `peer`, the `User-Agent`, the
+    /// values of the configured client-IP header (empty if none), and the client's type and
+    /// interaction parameters. Fails when a trusted proxy's header is malformed (refuse the
+    /// request: the location conditions cannot be placed).
+    pub fn from_http<'v>(
+        peer: IpAddr,
+        user_agent: Option<&str>,
+        client_ip_header_values: impl IntoIterator<Item = &'v str>,
+        client_ip_config: &policy::ClientIpConfig,
+        client_app: ClientAppType,
+        interaction: Interaction<'a>,
+    ) -> Result<Self, policy::ClientIpError> {
+        Ok(Self {
+            platform: user_agent.and_then(DevicePlatform::from_user_agent),
+            client_ip: policy::client_ip(peer, client_ip_header_values, client_ip_config)?,
+            client_app,
+            interaction,
+        })
+    }
+}
+
 /// Facts of the session snapshot, borrowed from wherever it lives (an archived, mmapped
 /// record: the lists are [`StrList`]s, read in place).
 #[derive(Debug, Clone, Copy)]

@@ -680,3 +680,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn request_facts_from_http_place_the_client_behind_a_trusted_proxy() {
+    let config = policy::ClientIpConfig {
+        trusted_proxies: vec![policy::Cidr::parse("10.0.0.0/8").unwrap()],
+        header: Some("x-forwarded-for".into()),
+    };
+    let facts = RequestFacts::from_http(
+        "10.1.2.3".parse().unwrap(),
+        Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4)"),
+        ["203.0.113.77"],
+        &config,
+        ClientAppType::Browser,
+        Interaction::default(),
+    )
+    .unwrap();
+    assert_eq!(facts.platform, Some(DevicePlatform::MacOs));
+    assert_eq!(facts.client_ip, "203.0.113.77".parse::<IpAddr>().unwrap());
+    // The blocked range applies to the forwarded client, not to the proxy.
+    let Eligibility::Refuse(refusal) = decide(
+        &facts,
+        Some(&SnapshotFacts {
+            user: "u1",
+            device: None,
+            session: None,
+            app: "app1",
+            home_tenant: true,
+            auth_time_secs: Some(RECORDED),
+            recorded_at_secs: RECORDED,
+            expires_at_secs: NOW + 1,
+            groups: NO_STRINGS,
+            roles: NO_STRINGS,
+            amr: NO_STRINGS,
+            sign_in_risk: None,
+            user_risk: None,
+            device_compliant: false,
+            device_domain_joined: false,
+        }),
+        &policies(),
+        &revocations().snapshot(),
+        &EligibilityConfig::default(),
+        NOW,
+    ) else {
+        panic!("served a client in a blocked range");
+    };
+    assert_eq!(refusal.label(), "blocked_by_policy");
+    assert!(
+        RequestFacts::from_http(
+            "10.1.2.3".parse().unwrap(),
+            None,
+            ["not-an-ip"],
+            &config,
+            ClientAppType::Browser,
+            Interaction::default(),
+        )
+        .is_err()
+    );
+}
