@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod eligibility;
 pub mod failover;
 pub mod gateway;
 pub mod limits;
@@ -20,5 +21,6 @@ pub mod fuzzing;
 pub mod policy;
 pub mod revocation;
 pub mod seed;
+pub mod ssf;
 pub mod store;
 pub mod token;

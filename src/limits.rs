@@ -540,3 +540,101 @@ const _: () = {
     assert!(3 * JWS_COMPACT_BYTES_MAX < CAPTURE_RESPONSE_BYTES_MAX);
     assert!(CAPTURE_RESPONSE_BYTES_MAX <= UPSTREAM_BUFFERED_BODY_BYTES_MAX);
 };
+
+// ---------------------------------------------------------------------------------------------
+// Conditional Access wiring (issue 6): request facts, the policy file, the session window.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of a User-Agent scanned for a platform token. Real agents put the platform in their
+/// first 200 bytes; scanning a bounded prefix keeps a 16 KiB header from costing 16 KiB of work.
+pub const USER_AGENT_BYTES_SCANNED: usize = 512;
+
+/// Addresses read from the client-IP header of a trusted proxy. Real chains are a few hops;
+/// more is refused (the request cannot be placed).
+pub const CLIENT_IP_HEADER_ENTRIES_MAX: usize = 32;
+
+/// CIDRs in `[policy] trusted_proxies`.
+pub const TRUSTED_PROXIES_MAX: usize = 256;
+
+/// Milliseconds between two looks at the policy file (mtime, size, then content hash) by the
+/// hot-reload watcher, `[policy] reload_poll_ms`. 0 disables the watcher (SIGHUP and the
+/// admin API still reload).
+pub const POLICY_RELOAD_POLL_MS: Bound = Bound {
+    min: 0,
+    max: 3_600_000,
+    default: 2_000,
+};
+
+/// Seconds a session snapshot may be served after it was recorded (DESIGN §2 rule 1: the
+/// window, 3 days by default). Eligibility refuses an older snapshot even if the store still
+/// holds it.
+pub const SESSION_WINDOW_SECS: Bound = Bound {
+    min: 60,
+    max: 30 * 86_400,
+    default: 3 * 86_400,
+};
+
+const _: () = {
+    assert!(POLICY_RELOAD_POLL_MS.is_coherent());
+    assert!(SESSION_WINDOW_SECS.is_coherent());
+    assert!(TRUSTED_PROXIES_MAX <= POLICY_LIST_ENTRIES_MAX);
+};
+
+/// Bytes of a `POST /admin/revocations` body (one event: ids are at most 256 + 512 bytes).
+pub const ADMIN_REVOCATION_BODY_BYTES_MAX: usize = 4 * 1024;
+
+/// Seconds an admin revocation's `time` may lie ahead of now: an event in the future would
+/// deny fresh sign-ins until then, so only clock skew is allowed.
+pub const ADMIN_REVOCATION_FUTURE_SECS_MAX: i64 = 300;
+
+const _: () = {
+    assert!(
+        REVOCATION_EVENT_ID_BYTES_MAX + REVOCATION_SUBJECT_ID_BYTES_MAX + 256
+            <= ADMIN_REVOCATION_BODY_BYTES_MAX
+    );
+};
+
+// ---------------------------------------------------------------------------------------------
+// Shared Signals receiver (issue 6): Security Event Tokens pushed per RFC 8935.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of one pushed SET (the request body). CAEP and RISC SETs are well under 2 KiB; a
+/// transmitter that packs many events is still far below this.
+pub const SSF_SET_BYTES_MAX: usize = 16 * 1024;
+
+/// Seconds a SET's `iat` may lie in the past or the future, `[ssf] iat_window_secs`. A SET
+/// older than this is refused, so the `jti` replay cache only needs to remember this long.
+pub const SSF_IAT_WINDOW_SECS: Bound = Bound {
+    min: 30,
+    max: 86_400,
+    default: 600,
+};
+
+/// `jti`s remembered for replay detection, `[ssf] replay_cache_entries`. Full: the oldest is
+/// forgotten first. That is safe because the events a SET yields are idempotent by id
+/// (`<jti>/<n>`): a redelivery past the cache inserts nothing new.
+pub const SSF_REPLAY_ENTRIES: Bound = Bound {
+    min: 16,
+    max: 10_000_000,
+    default: 100_000,
+};
+
+/// Events in one SET's `events` claim. RFC 8417 SETs carry one event (plus extensions).
+pub const SSF_EVENTS_PER_SET_MAX: usize = 8;
+
+/// Bytes of a SET `jti`. Each event a SET yields gets the id `<jti>/<n>`.
+pub const SSF_JTI_BYTES_MAX: usize = 200;
+
+/// Bytes of a SET string member other than `jti` (`iss`, subject identifiers, event fields).
+pub const SSF_STRING_BYTES_MAX: usize = 512;
+
+const _: () = {
+    assert!(SSF_IAT_WINDOW_SECS.is_coherent());
+    assert!(SSF_REPLAY_ENTRIES.is_coherent());
+    // A SET body is a JWS compact token: the JWS bound must admit it.
+    assert!(SSF_SET_BYTES_MAX <= JWS_COMPACT_BYTES_MAX);
+    // `<jti>/<n>` becomes a revocation event id; a subject identifier becomes its subject.
+    assert!(SSF_JTI_BYTES_MAX + 1 + 3 <= REVOCATION_EVENT_ID_BYTES_MAX);
+    assert!(SSF_STRING_BYTES_MAX <= REVOCATION_SUBJECT_ID_BYTES_MAX);
+    assert!(SSF_EVENTS_PER_SET_MAX * 4 < 1000);
+};

@@ -383,7 +383,45 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 .unwrap_or_else(|| format!("http://{} (default)", c.listen));
             print_line(&format!("  issuer         = {issuer}"));
             print_line(&format!("  primary.origin = {}", c.primary.origin));
-            ExitCode::SUCCESS
+            print_line(&format!(
+                "  ssf            = {}",
+                match &c.ssf {
+                    Some(ssf) => format!("receiving from {}", ssf.issuer),
+                    None => "disabled".to_owned(),
+                }
+            ));
+            let Some(policy_file) = &c.policy.file else {
+                print_line("  policy.file    = (none: no Conditional Access policies)");
+                return ExitCode::SUCCESS;
+            };
+            match backstop::policy::check_file(policy_file) {
+                Ok(loaded) => {
+                    print_line(&format!(
+                        "  policy.file    = {} ({} policies, {} named locations)",
+                        policy_file.display(),
+                        loaded.set.policy_count(),
+                        loaded.set.location_count()
+                    ));
+                    if loaded.unknown_field_count > 0 {
+                        print_line(&format!(
+                            "    {} field(s) backstop does not model are ignored: {}",
+                            loaded.unknown_field_count,
+                            loaded.unknown_fields.join(", ")
+                        ));
+                    }
+                    for warning in &loaded.warnings {
+                        print_line(&format!(
+                            "    warning: {}: {:?} (the policy fails closed in an outage)",
+                            warning.path, warning.kind
+                        ));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backstop: invalid policy file: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
         }
         Err(e) => {
             eprintln!("backstop: invalid configuration: {e}");

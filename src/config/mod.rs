@@ -99,6 +99,30 @@ struct RawConfig {
     failover: RawFailover,
     #[serde(default)]
     capture: capture::RawCapture,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    ssf: RawSsf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<PathBuf>,
+    reload_poll_ms: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
+    client_ip_header: Option<String>,
+    session_window_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsf {
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
+    audience: Option<String>,
+    iat_window_secs: Option<u64>,
+    replay_cache_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +192,54 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Normal-mode capture: claim names, snapshot window, queue length.
     pub capture: CaptureConfig,
+    /// Conditional Access: the policy file and the request facts it needs.
+    pub policy: PolicyConfig,
+    /// The Shared Signals receiver; `None` (the default) disables it.
+    pub ssf: Option<SsfConfig>,
+}
+
+/// `[policy]`: where Conditional Access policies come from, how the client IP is found, and
+/// the session window of the eligibility rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The policy document (`{"conditionalAccessPolicies": [...], "namedLocations": [...]}`);
+    /// `None`: no policies until the admin API puts some.
+    pub file: Option<PathBuf>,
+    /// How often the file is looked at for changes; zero disables the watcher (SIGHUP and
+    /// `PUT /admin/policies` still reload).
+    pub reload_poll: Duration,
+    /// Trusted proxies and the header they put the client's address in.
+    pub client_ip: crate::policy::ClientIpConfig,
+    /// Seconds after its recording a snapshot may be served (eligibility rule 1).
+    pub session_window_secs: i64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            reload_poll: Duration::from_millis(limits::POLICY_RELOAD_POLL_MS.default),
+            client_ip: crate::policy::ClientIpConfig::default(),
+            session_window_secs: i64::try_from(limits::SESSION_WINDOW_SECS.default)
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// `[ssf]`: the OpenID Shared Signals receiver (RFC 8935 push of RFC 8417 Security Event
+/// Tokens). Present only when `issuer`, `jwks_uri` and `audience` are all configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsfConfig {
+    /// The transmitter's issuer: every SET's `iss` must equal it exactly.
+    pub issuer: String,
+    /// Where the transmitter publishes its signing keys (JWKS).
+    pub jwks_uri: String,
+    /// Our audience: every SET's `aud` (a string or an array) must contain it.
+    pub audience: String,
+    /// Seconds a SET's `iat` may lie from now, either way.
+    pub iat_window_secs: u64,
+    /// `jti`s remembered for replay detection.
+    pub replay_cache_entries: usize,
 }
 
 /// Where backstop reaches the primary identity provider.
@@ -327,6 +399,8 @@ impl Config {
         let log = resolve_log(&raw.log)?;
         let admin_token = resolve_admin_token(raw.admin_token_file.as_deref(), secrets)?;
         let capture = capture::resolve_capture(&raw.capture)?;
+        let policy = resolve_policy(&raw.policy)?;
+        let ssf = resolve_ssf(&raw.ssf)?;
 
         Ok(Self {
             listen,
@@ -340,8 +414,147 @@ impl Config {
             failover,
             admin_token,
             capture,
+            policy,
+            ssf,
         })
     }
+}
+
+fn resolve_policy(raw: &RawPolicy) -> Result<PolicyConfig, ConfigError> {
+    if let Some(file) = &raw.file
+        && file.as_os_str().is_empty()
+    {
+        return Err(ConfigError::invalid(
+            "policy.file",
+            "\"\"",
+            "a path to a policy JSON document",
+        ));
+    }
+    let reload_poll = Duration::from_millis(bounded(
+        "policy.reload_poll_ms",
+        raw.reload_poll_ms,
+        limits::POLICY_RELOAD_POLL_MS,
+    )?);
+    let session_window_secs = bounded(
+        "policy.session_window_secs",
+        raw.session_window_secs,
+        limits::SESSION_WINDOW_SECS,
+    )?;
+    let proxies = raw.trusted_proxies.as_deref().unwrap_or_default();
+    if proxies.len() > limits::TRUSTED_PROXIES_MAX {
+        return Err(ConfigError::invalid(
+            "policy.trusted_proxies",
+            format!("{} entries", proxies.len()),
+            format!("at most {} CIDRs", limits::TRUSTED_PROXIES_MAX),
+        ));
+    }
+    let trusted_proxies = proxies
+        .iter()
+        .map(|text| {
+            crate::policy::Cidr::parse(text).ok_or_else(|| {
+                ConfigError::invalid(
+                    "policy.trusted_proxies",
+                    format!("{text:?}"),
+                    "CIDRs such as \"10.0.0.0/8\" or \"2001:db8::/32\"",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let header = match raw.client_ip_header.as_deref() {
+        None => None,
+        Some(name) => {
+            if name.parse::<hyper::header::HeaderName>().is_err() {
+                return Err(ConfigError::invalid(
+                    "policy.client_ip_header",
+                    format!("{name:?}"),
+                    "an HTTP header name such as \"X-Forwarded-For\"",
+                ));
+            }
+            Some(name.to_ascii_lowercase())
+        }
+    };
+    if header.is_some() && trusted_proxies.is_empty() {
+        return Err(ConfigError::invalid(
+            "policy.client_ip_header",
+            format!("{:?}", raw.client_ip_header.as_deref().unwrap_or_default()),
+            "needs policy.trusted_proxies: the header is believed only from those peers",
+        ));
+    }
+    Ok(PolicyConfig {
+        file: raw.file.clone(),
+        reload_poll,
+        client_ip: crate::policy::ClientIpConfig {
+            trusted_proxies,
+            header,
+        },
+        session_window_secs: i64::try_from(session_window_secs).unwrap_or(i64::MAX),
+    })
+}
+
+fn resolve_ssf(raw: &RawSsf) -> Result<Option<SsfConfig>, ConfigError> {
+    let iat_window_secs = bounded(
+        "ssf.iat_window_secs",
+        raw.iat_window_secs,
+        limits::SSF_IAT_WINDOW_SECS,
+    )?;
+    let replay_cache_entries = bounded_usize(
+        "ssf.replay_cache_entries",
+        raw.replay_cache_entries,
+        limits::SSF_REPLAY_ENTRIES,
+    )?;
+    let (issuer, jwks_uri, audience) = match (&raw.issuer, &raw.jwks_uri, &raw.audience) {
+        (None, None, None) => return Ok(None),
+        (Some(issuer), Some(jwks_uri), Some(audience)) => (issuer, jwks_uri, audience),
+        (issuer, jwks_uri, _) => {
+            let missing = if issuer.is_none() {
+                "ssf.issuer"
+            } else if jwks_uri.is_none() {
+                "ssf.jwks_uri"
+            } else {
+                "ssf.audience"
+            };
+            return Err(ConfigError::invalid(
+                missing,
+                "(unset)",
+                "the receiver needs ssf.issuer, ssf.jwks_uri and ssf.audience together",
+            ));
+        }
+    };
+    if issuer.is_empty() || issuer.len() > limits::SSF_STRING_BYTES_MAX {
+        return Err(ConfigError::invalid(
+            "ssf.issuer",
+            format!("{issuer:?}"),
+            format!(
+                "the transmitter's issuer, 1 to {} bytes",
+                limits::SSF_STRING_BYTES_MAX
+            ),
+        ));
+    }
+    let uri = validate_url("ssf.jwks_uri", jwks_uri)?;
+    if uri.scheme_str() == Some("http") && !is_loopback_host(uri.host().unwrap_or_default()) {
+        return Err(ConfigError::invalid(
+            "ssf.jwks_uri",
+            format!("{jwks_uri:?}"),
+            "an https:// URL (http:// is allowed only for localhost / loopback addresses)",
+        ));
+    }
+    if audience.is_empty() || audience.len() > limits::SSF_STRING_BYTES_MAX {
+        return Err(ConfigError::invalid(
+            "ssf.audience",
+            format!("{audience:?}"),
+            format!(
+                "our audience as the transmitter writes it, 1 to {} bytes",
+                limits::SSF_STRING_BYTES_MAX
+            ),
+        ));
+    }
+    Ok(Some(SsfConfig {
+        issuer: issuer.clone(),
+        jwks_uri: jwks_uri.clone(),
+        audience: audience.clone(),
+        iat_window_secs,
+        replay_cache_entries,
+    }))
 }
 
 fn read_bounded(path: &Path, max_bytes: u64) -> Result<String, ConfigError> {
@@ -734,6 +947,91 @@ mod tests {
         assert_eq!(config.failover, BreakerConfig::default());
         assert_eq!(config.capture, defaults.capture);
         assert_eq!(config.capture, CaptureConfig::default());
+        assert_eq!(config.policy, defaults.policy);
+        assert_eq!(config.policy, PolicyConfig::default());
+        assert_eq!(config.ssf, defaults.ssf);
+        assert_eq!(config.ssf, None);
+    }
+
+    #[test]
+    fn policy_and_ssf_sections_resolve() {
+        let config = parse(
+            r#"
+            [policy]
+            file = "/etc/backstop/policies.json"
+            reload_poll_ms = 0
+            trusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]
+            client_ip_header = "X-Forwarded-For"
+            session_window_secs = 86400
+            [ssf]
+            issuer = "https://idp.example.com"
+            jwks_uri = "https://idp.example.com/ssf/jwks"
+            audience = "https://backstop.example.com"
+            iat_window_secs = 300
+            replay_cache_entries = 1000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.policy.file.as_deref(),
+            Some(Path::new("/etc/backstop/policies.json"))
+        );
+        assert_eq!(config.policy.reload_poll, Duration::ZERO);
+        assert_eq!(config.policy.client_ip.trusted_proxies.len(), 2);
+        assert_eq!(
+            config.policy.client_ip.header.as_deref(),
+            Some("x-forwarded-for")
+        );
+        assert_eq!(config.policy.session_window_secs, 86_400);
+        let ssf = config.ssf.unwrap();
+        assert_eq!(ssf.issuer, "https://idp.example.com");
+        assert_eq!(ssf.audience, "https://backstop.example.com");
+        assert_eq!((ssf.iat_window_secs, ssf.replay_cache_entries), (300, 1000));
+    }
+
+    #[test]
+    fn invalid_policy_and_ssf_values_name_their_field() {
+        let cases = [
+            ("[policy]\nfile = \"\"", "policy.file"),
+            (
+                "[policy]\nreload_poll_ms = 3600001",
+                "policy.reload_poll_ms",
+            ),
+            (
+                "[policy]\nsession_window_secs = 1",
+                "policy.session_window_secs",
+            ),
+            (
+                "[policy]\ntrusted_proxies = [\"10.0.0.1\"]",
+                "policy.trusted_proxies",
+            ),
+            (
+                "[policy]\nclient_ip_header = \"X-Forwarded-For\"",
+                "policy.client_ip_header",
+            ),
+            (
+                "[policy]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"bad header\"",
+                "policy.client_ip_header",
+            ),
+            ("[ssf]\nissuer = \"https://idp\"", "ssf.jwks_uri"),
+            ("[ssf]\njwks_uri = \"https://idp/jwks\"", "ssf.issuer"),
+            (
+                "[ssf]\nissuer = \"https://idp\"\njwks_uri = \"https://idp/jwks\"",
+                "ssf.audience",
+            ),
+            (
+                "[ssf]\nissuer = \"https://idp\"\njwks_uri = \"http://idp.example.com/jwks\"\naudience = \"a\"",
+                "ssf.jwks_uri",
+            ),
+            ("[ssf]\niat_window_secs = 5", "ssf.iat_window_secs"),
+            (
+                "[ssf]\nreplay_cache_entries = 1",
+                "ssf.replay_cache_entries",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(invalid_field(text), field, "{text}");
+        }
     }
 
     #[test]

@@ -32,5 +32,7 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+pub mod policy;
+pub mod ssf;
 pub mod store;
 pub mod token;

@@ -93,19 +93,75 @@ pub struct RequestFacts<'a> {
     pub client_app: ClientAppType,
 }
 
+/// A list of strings read in place: a slice or `Vec` of `&str` or `String`, or (implemented by
+/// the caller, since `policy` knows no store type) an archived vector of an mmapped snapshot,
+/// so building [`SessionFacts`] copies nothing.
+pub trait StrList {
+    /// Calls `f` on each entry in order until it returns `true`; whether it did.
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl<S: AsRef<str>> StrList for [S] {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter().any(|s| f(s.as_ref()))
+    }
+}
+
+impl<S: AsRef<str>> StrList for Vec<S> {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.as_slice().any_str(f)
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> StrList for [S; N] {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.as_slice().any_str(f)
+    }
+}
+
+impl<S: AsRef<str>> StrList for &[S] {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        (**self).any_str(f)
+    }
+}
+
+/// An archived (rkyv) vector of strings read in place, as an mmapped snapshot holds its
+/// `groups`, `roles` and `amr`: `groups: &view.groups` builds the facts without a copy. (rkyv
+/// is the archive format, not a store type: `policy` still knows nothing of the store.)
+impl<S: AsRef<str>> StrList for rkyv::vec::ArchivedVec<S> {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.as_slice().any_str(f)
+    }
+}
+
+/// The empty [`StrList`], for a snapshot without groups, roles or `amr`.
+pub const NO_STRINGS: &[&str; 0] = &[];
+
+impl std::fmt::Debug for dyn StrList + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        self.any_str(&mut |s| {
+            list.entry(&s);
+            false
+        });
+        list.finish()
+    }
+}
+
 /// Facts recorded in the session snapshot at the last sign-in the primary served.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionFacts<'a> {
     /// Group object ids the user belonged to.
-    pub groups: &'a [&'a str],
+    pub groups: &'a dyn StrList,
     /// Directory role template ids the user held.
-    pub roles: &'a [&'a str],
-    /// Sign-in risk at the time.
-    pub sign_in_risk: RiskLevel,
-    /// User risk at the time.
-    pub user_risk: RiskLevel,
+    pub roles: &'a dyn StrList,
+    /// Sign-in risk at the time; `None` when the primary did not report one (a policy with a
+    /// sign-in risk condition then may apply).
+    pub sign_in_risk: Option<RiskLevel>,
+    /// User risk at the time; `None` when not reported.
+    pub user_risk: Option<RiskLevel>,
     /// Authentication methods (`amr`) of the session.
-    pub amr: &'a [&'a str],
+    pub amr: &'a dyn StrList,
     /// The device was compliant.
     pub device_compliant: bool,
     /// The device was hybrid/domain joined.
@@ -135,7 +191,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// The machine reason for logs, metrics and audit.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::BlockedByPolicy => "blocked_by_policy",
             Self::ResilienceDefaultsDisabled => "resilience_defaults_disabled",
@@ -304,8 +360,8 @@ fn assess(
         .and(platforms(policy, request))
         .and(locations(policy, whereabouts))
         .and(client_apps(policy, request))
-        .and(risk(&policy.sign_in_risk, snapshot.map(|s| s.sign_in_risk)))
-        .and(risk(&policy.user_risk, snapshot.map(|s| s.user_risk)));
+        .and(risk(&policy.sign_in_risk, snapshot, |s| s.sign_in_risk))
+        .and(risk(&policy.user_risk, snapshot, |s| s.user_risk));
     if applies == Tri::No {
         return Outcome::NotApplied;
     }
@@ -347,7 +403,7 @@ fn assess(
 
 fn satisfied(control: Control, session: &SessionFacts<'_>) -> bool {
     match control {
-        Control::Mfa => session.amr.contains(&"mfa"),
+        Control::Mfa => session.amr.any_str(&mut |method| method == "mfa"),
         Control::CompliantDevice => session.device_compliant,
         Control::DomainJoinedDevice => session.device_domain_joined,
     }
@@ -357,8 +413,8 @@ fn contains(list: &[String], id: &str) -> bool {
     list.iter().any(|entry| entry.eq_ignore_ascii_case(id))
 }
 
-fn intersects(list: &[String], ids: &[&str]) -> bool {
-    ids.iter().any(|id| contains(list, id))
+fn intersects(list: &[String], ids: &dyn StrList) -> bool {
+    !list.is_empty() && ids.any_str(&mut |id| contains(list, id))
 }
 
 fn users(
@@ -485,11 +541,17 @@ fn client_apps(policy: &Policy, request: &RequestFacts<'_>) -> Tri {
     }
 }
 
-fn risk(levels: &[super::RiskLevel], snapshot: Option<RiskLevel>) -> Tri {
+/// A risk condition: unknown when the snapshot may not be used (resilience defaults off) or
+/// did not record the level.
+fn risk(
+    levels: &[super::RiskLevel],
+    snapshot: Option<&SessionFacts<'_>>,
+    level_of: fn(&SessionFacts<'_>) -> Option<RiskLevel>,
+) -> Tri {
     if levels.is_empty() {
         return Tri::Yes;
     }
-    match snapshot {
+    match snapshot.and_then(level_of) {
         Some(level) => Tri::from_bool(levels.contains(&level)),
         None => Tri::Unknown,
     }
@@ -549,8 +611,8 @@ mod tests {
         let session = SessionFacts {
             groups: &f.groups,
             roles: &f.roles,
-            sign_in_risk: f.sign_in_risk,
-            user_risk: f.user_risk,
+            sign_in_risk: Some(f.sign_in_risk),
+            user_risk: Some(f.user_risk),
             amr: &f.amr,
             device_compliant: f.compliant,
             device_domain_joined: f.domain_joined,
@@ -1145,6 +1207,58 @@ mod tests {
             (refusal.reason, refusal.policy_id.as_str()),
             (MfaRequired, "needs-mfa")
         );
+    }
+
+    #[test]
+    fn unknown_risk_may_match_a_risk_condition() {
+        let set = one(json!({
+            "conditions": {"signInRiskLevels": ["high"]},
+            "grantControls": {"operator": "OR", "builtInControls": ["block"]}
+        }));
+        let request = RequestFacts {
+            user_id: "u1",
+            app_id: "app1",
+            platform: None,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            client_app: ClientAppType::Browser,
+        };
+        let groups: Vec<String> = vec!["g1".into()];
+        let mut session = SessionFacts {
+            groups: &groups,
+            roles: NO_STRINGS,
+            sign_in_risk: Some(RiskLevel::Low),
+            user_risk: None,
+            amr: &["pwd"],
+            device_compliant: false,
+            device_domain_joined: false,
+            home_tenant: true,
+        };
+        assert!(matches!(
+            evaluate(&set, &request, &session),
+            Decision::Allow(_)
+        ));
+        // Unknown: the block *may* apply. A block that only may apply is not a certain block,
+        // and with resilience defaults on the policy is evaluated with what the snapshot has:
+        // nothing to satisfy a block, so it refuses.
+        session.sign_in_risk = None;
+        assert!(matches!(
+            evaluate(&set, &request, &session),
+            Decision::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn archived_string_vectors_are_read_in_place() {
+        let groups = vec![String::from("g1"), String::from("G-MFA")];
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&groups).unwrap();
+        let archived = rkyv::access::<
+            rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>,
+            rkyv::rancor::Error,
+        >(&bytes)
+        .unwrap();
+        let list: &dyn StrList = archived;
+        assert!(list.any_str(&mut |g| g == "G-MFA"));
+        assert!(!list.any_str(&mut |g| g == "g2"));
     }
 
     #[test]

@@ -632,9 +632,21 @@ fn elements(value: Value, path: &str, max: usize) -> Result<Vec<Value>, PolicyLo
     Ok(items)
 }
 
-/// One array element into its wire type; serde's message says what inside it was wrong.
+/// One array element into its wire type. The error names the path down to the offending
+/// value (`conditionalAccessPolicies[3].conditions.users.includeUsers`), serde's message what
+/// was wrong with it.
 fn element<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, PolicyLoadError> {
-    serde_json::from_value(value).map_err(|e| shape(path, &e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let full = if inner == "." || inner.is_empty() {
+            path.to_owned()
+        } else if inner.starts_with('[') {
+            format!("{path}{inner}")
+        } else {
+            format!("{path}.{inner}")
+        };
+        shape(&full, &e.into_inner().to_string())
+    })
 }
 
 fn string<'s>(text: &'s str, path: &str) -> Result<&'s str, PolicyLoadError> {
@@ -967,7 +979,7 @@ mod tests {
         let PolicyLoadError::Shape { path, message } = load_value(&document).unwrap_err() else {
             panic!("expected a shape error");
         };
-        assert_eq!(path, "conditionalAccessPolicies[1]");
+        assert_eq!(path, "conditionalAccessPolicies[1].conditions");
         assert!(message.contains("users"), "{message}");
 
         let mut document = base();
@@ -975,8 +987,22 @@ mod tests {
         let PolicyLoadError::Shape { path, message } = load_value(&document).unwrap_err() else {
             panic!("expected a shape error");
         };
-        assert_eq!(path, "conditionalAccessPolicies[0]");
+        assert_eq!(
+            path,
+            "conditionalAccessPolicies[0].conditions.users.includeUsers"
+        );
         assert!(message.contains("invalid type"), "{message}");
+
+        let mut document = base();
+        document["conditionalAccessPolicies"][0]["conditions"]["users"]["includeUsers"] =
+            json!(["u1", 7]);
+        let PolicyLoadError::Shape { path, .. } = load_value(&document).unwrap_err() else {
+            panic!("expected a shape error");
+        };
+        assert_eq!(
+            path,
+            "conditionalAccessPolicies[0].conditions.users.includeUsers[1]"
+        );
     }
 
     #[test]

@@ -4,20 +4,31 @@
 //!
 //! - [`load`] turns a policy document into a [`PolicySet`], reporting unknown fields and
 //!   unsupported controls instead of rejecting them, and naming the JSON path of every error.
+//! - [`PolicyManager`] holds the current set (versioned, swapped atomically) and reloads it
+//!   from the `[policy] file`, the admin API or a watcher thread; a bad document keeps the
+//!   previous version. (The one part of `policy` that reads files.)
+//! - [`DevicePlatform::from_user_agent`] and [`client_ip`] derive the real-time facts.
 //! - [`evaluate`] answers [`Decision::Allow`] (a proof value only it can build) or
 //!   [`Decision::Refuse`] with a [`RefusalReason`] and the policy that refused.
 
 mod cidr;
 mod evaluate;
 mod load;
+mod manager;
+mod request;
 mod wire;
 
 pub use cidr::Cidr;
 pub use evaluate::{
-    Allowed, ClientAppType, Decision, DevicePlatform, Refusal, RefusalReason, ReportOnlyResult,
-    RequestFacts, RiskLevel, SessionFacts, evaluate,
+    Allowed, ClientAppType, Decision, DevicePlatform, NO_STRINGS, Refusal, RefusalReason,
+    ReportOnlyResult, RequestFacts, RiskLevel, SessionFacts, StrList, evaluate,
 };
 pub use load::{LoadWarning, Loaded, PolicyLoadError, WarningKind, load};
+pub use manager::{
+    PolicyFileError, PolicyManager, PolicyOrigin, ReloadOutcome, VersionMismatch, Versioned,
+    WatchHandle, check_file, parse_if_match, spawn_watcher,
+};
+pub use request::{ClientIpConfig, ClientIpError, client_ip};
 
 /// A validated set of policies and the named locations they reference. Immutable once loaded;
 /// swap a whole new set to change it.

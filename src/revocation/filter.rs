@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::event::{RevocationEvent, Subject};
+use super::event::{RevocationEvent, Subject, SubjectKind};
 use crate::limits;
 
 /// Bitmap bits per distinct subject, before rounding up to a power of two: between 16 and 32
@@ -298,6 +298,25 @@ impl FilterSnapshot {
         })
     }
 
+    /// [`FilterSnapshot::revoked_since`] for a borrowed subject (`kind`, `id`), e.g. straight
+    /// from an archived snapshot: the clean case allocates nothing; only a bitmap hit (a real
+    /// event or a 3–6 % false positive) builds the owned key for the exact map.
+    #[inline]
+    pub fn revoked_since_ref(&self, kind: SubjectKind, id: &str, since_secs: i64) -> Verdict<'_> {
+        if since_secs < self.horizon_secs {
+            return Verdict::BeforeHorizon {
+                horizon_secs: self.horizon_secs,
+            };
+        }
+        if self.bitmap.may_contain(kind.filter_hash(id)) {
+            return self.revoked_since(&Subject::new(kind, id), since_secs);
+        }
+        Verdict::Clear(NotRevoked {
+            since_secs,
+            generation: self.generation,
+        })
+    }
+
     /// Any event for any of `subjects` (a session's user, device, session and app) at or
     /// after `since_secs`? Answers with the first subject's event found.
     pub fn revoked_since_any<'s>(
@@ -564,6 +583,38 @@ mod tests {
             assert_eq!(set.insert(e.clone()), Ok(Inserted::New));
         }
         set
+    }
+
+    #[test]
+    fn borrowed_check_agrees_with_owned_check() {
+        let mut set = set_with(&[
+            event("e1", user("alice"), 100),
+            event("e2", Subject::Device("alice".into()), 50),
+        ]);
+        for i in 0..90 {
+            let e = event(&format!("x{i}"), Subject::App(format!("app{i}")), 10);
+            assert_eq!(set.insert(e), Ok(Inserted::New));
+        }
+        let snap = set.snapshot();
+        for kind in SubjectKind::ALL {
+            for id in ["alice", "bob", "app7", "app99", ""] {
+                for since in [0, 10, 11, 50, 51, 100, 101] {
+                    let owned = snap.revoked_since(&Subject::new(kind, id), since);
+                    let borrowed = snap.revoked_since_ref(kind, id, since);
+                    assert_eq!(
+                        format!("{owned:?}"),
+                        format!("{borrowed:?}"),
+                        "{kind:?} {id} {since}"
+                    );
+                }
+            }
+        }
+        set.expire_before(60);
+        let snap = set.snapshot();
+        assert!(matches!(
+            snap.revoked_since_ref(SubjectKind::User, "nobody", 59),
+            Verdict::BeforeHorizon { horizon_secs: 60 }
+        ));
     }
 
     #[test]
