@@ -966,3 +966,47 @@ fn damaged_v1_segment_is_quarantined_and_the_rest_upgrades() {
     assert!(store.get_session(&sample_identity(5), 0).is_some());
     assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
 }
+
+/// `inspect` reads a v1 store as open would serve it (converting in memory) and writes nothing:
+/// the conversion happens only when the store is opened.
+#[test]
+fn inspect_reads_a_v1_store_without_converting_it() {
+    use backstop::store::inspect::{ArtifactLookup, InspectQuery, run};
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture_dir("v1"), dir.path());
+    let before: Vec<_> = walk(dir.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let mut out = Vec::new();
+    run(dir.path(), &InspectQuery::Summary, 0, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("format version: 1 (converted"), "{text}");
+    assert!(text.contains("totals: 5 sessions"), "{text}");
+    assert!(text.contains("segments failing validation: 0"), "{text}");
+
+    let keys = backstop::store::Keys::load(dir.path()).unwrap();
+    let d = keys.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Artifact(ArtifactLookup::Digest(d)),
+        0,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(r#"resource="" family="" client_auth=Unknown"#)
+            && text.contains("state: current"),
+        "{text}"
+    );
+    let after: Vec<_> = walk(dir.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let (mut before, mut after) = (before, after);
+    before.sort();
+    after.sort();
+    assert!(before == after, "inspect modified the store");
+}
