@@ -575,8 +575,11 @@ fn interrupted_v1_upgrade_still_opens_with_every_record() {
     assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
     drop(store);
 
-    // (d) the upgrade's WAL rotation fails at each of its first few writes and fsyncs.
-    for (fail_write_at, fail_sync_at) in [(0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (3, 0)] {
+    // (d) each of the first WAL writes and fsyncs fails in turn: the new generations open
+    // creates (one per group), then the upgrade's rotations (one per group).
+    let faults = (1..=6).flat_map(|n| [(0, n), (n, 0)]);
+    let mut failed_opens = 0;
+    for (fail_write_at, fail_sync_at) in faults {
         let dir = tempfile::tempdir().unwrap();
         copy_fixture(&fixture, dir.path());
         let faulty = StoreOpts {
@@ -587,13 +590,18 @@ fn interrupted_v1_upgrade_still_opens_with_every_record() {
             ..small_opts()
         };
         // Either the fault hit the upgrade (open fails) or a later write (open succeeds).
-        if let Ok(s) = Store::open(dir.path(), faulty) {
-            assert_serves_v1_fixture(&s);
+        match Store::open(dir.path(), faulty) {
+            Ok(s) => assert_serves_v1_fixture(&s),
+            Err(_) => failed_opens += 1,
         }
         let store = open(dir.path());
         assert_serves_v1_fixture(&store);
         assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
     }
+    assert!(
+        failed_opens >= 4,
+        "the faults missed the upgrade: {failed_opens}"
+    );
 }
 
 /// Format version 2 as released: segments holding sessions 0..4 (with `nbf` offsets) and
