@@ -1,5 +1,6 @@
 //! The session store: sharded WAL + in-memory table + memory-mapped rkyv segments
-//! (DESIGN §3–§4, format in `docs/store-format.md`).
+//! (DESIGN §3–§4, format in `docs/store-format.md`). It also keeps revocation events durable
+//! (DESIGN §6) as records of their own kind, and converts stores of older formats at open.
 //!
 //! Writes are serialized and validated on the caller's thread, then handed to the writer thread
 //! of their WAL group, which encodes and checksums the batch's WAL records, appends them with
