@@ -197,6 +197,8 @@ pub struct StoreStats {
     pub segments: u64,
     /// Records in live segments.
     pub segment_records: u64,
+    /// Revocation events among them.
+    pub segment_revocations: u64,
     /// Bytes of live segments.
     pub segment_bytes: u64,
     /// Segments moved to quarantine since open (including at open).
@@ -728,6 +730,7 @@ impl Store {
             for seg in s.segments.iter().filter(|s| !s.is_failed()) {
                 st.segments += 1;
                 st.segment_records += seg.header().record_count;
+                st.segment_revocations += seg.header().revocation_count;
                 st.segment_bytes += seg.bytes_len();
             }
         }
