@@ -14,8 +14,8 @@ mod store_common;
 use backstop::store::format::FORMAT_VERSION;
 use backstop::store::testutil::{sample_artifact, sample_identity, sample_snapshot};
 use backstop::store::{
-    ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, RevocationRecord, Store,
-    StoreError, StoreOpts,
+    ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, RecoveryEvent, RevocationRecord,
+    Store, StoreError, StoreOpts,
 };
 use store_common::{block, open, small_opts};
 
@@ -575,8 +575,11 @@ fn interrupted_v1_upgrade_still_opens_with_every_record() {
     assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
     drop(store);
 
-    // (d) the upgrade's WAL rotation fails at each of its first few writes and fsyncs.
-    for (fail_write_at, fail_sync_at) in [(0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (3, 0)] {
+    // (d) each of the first WAL writes and fsyncs fails in turn: the new generations open
+    // creates (one per group), then the upgrade's rotations (one per group).
+    let faults = (1..=6).flat_map(|n| [(0, n), (n, 0)]);
+    let mut failed_opens = 0;
+    for (fail_write_at, fail_sync_at) in faults {
         let dir = tempfile::tempdir().unwrap();
         copy_fixture(&fixture, dir.path());
         let faulty = StoreOpts {
@@ -587,13 +590,18 @@ fn interrupted_v1_upgrade_still_opens_with_every_record() {
             ..small_opts()
         };
         // Either the fault hit the upgrade (open fails) or a later write (open succeeds).
-        if let Ok(s) = Store::open(dir.path(), faulty) {
-            assert_serves_v1_fixture(&s);
+        match Store::open(dir.path(), faulty) {
+            Ok(s) => assert_serves_v1_fixture(&s),
+            Err(_) => failed_opens += 1,
         }
         let store = open(dir.path());
         assert_serves_v1_fixture(&store);
         assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
     }
+    assert!(
+        failed_opens >= 4,
+        "the faults missed the upgrade: {failed_opens}"
+    );
 }
 
 /// Format version 2 as released: segments holding sessions 0..4 (with `nbf` offsets) and
@@ -890,4 +898,123 @@ fn artifact_chain_follows_rotations_to_the_current_or_revoked_record() {
     block(store.put_artifact(&superseded(1, 2))).unwrap();
     store.compact(0).unwrap();
     assert_eq!(head(0, 2), Some(d[2]));
+}
+
+/// A WAL file or segment from a newer format is refused at open, naming the file, even when
+/// the FORMAT file says the current version (a partly upgraded store of a newer build).
+#[test]
+fn newer_format_wal_or_segment_is_refused_with_a_clear_error() {
+    use backstop::store::{segment, wal};
+    let newer = FORMAT_VERSION + 1;
+    // WAL: a valid header carrying a newer version.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let mut h = wal::file_header(0, 0xfff0);
+    h[8..12].copy_from_slice(&newer.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&h[..24]);
+    h[24..32].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(dir.path().join("wal/g000-000000000000fff0.wal"), h).unwrap();
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(
+        matches!(err, StoreError::NewerFormat { found, supported: FORMAT_VERSION, ref path }
+            if found == newer && path.ends_with("g000-000000000000fff0.wal")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade backstop"), "{err}");
+
+    // Segment: a valid empty segment whose header says newer, resealed.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let mut b = segment::build(0, 8, &[]);
+    b[8..12].copy_from_slice(&newer.to_le_bytes());
+    segment::reseal(&mut b);
+    std::fs::write(dir.path().join("segments/s00000-000000000000fff0.seg"), b).unwrap();
+    let err = Store::open(dir.path(), small_opts()).err().unwrap();
+    assert!(
+        matches!(err, StoreError::NewerFormat { found, .. } if found == newer),
+        "{err}"
+    );
+    // Refused, not quarantined: a newer build's data is not damage.
+    assert!(
+        dir.path()
+            .join("segments/s00000-000000000000fff0.seg")
+            .exists()
+    );
+}
+
+/// A v1 segment that fails its checks is quarantined during the upgrade, like any damaged
+/// segment; the rest of the store is converted and serves.
+#[test]
+fn damaged_v1_segment_is_quarantined_and_the_rest_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture_dir("v1"), dir.path());
+    let mut segs = walk(&dir.path().join("segments"));
+    segs.sort();
+    let victim = segs.last().unwrap().clone();
+    let mut b = std::fs::read(&victim).unwrap();
+    let n = b.len();
+    b[n - 20] ^= 0x40;
+    std::fs::write(&victim, b).unwrap();
+
+    let store = open(dir.path());
+    let report = store.recovery_report();
+    assert_eq!(store.stats().quarantined_segments, 1, "{report:?}");
+    assert!(
+        report
+            .iter()
+            .any(|e| matches!(e, RecoveryEvent::SegmentQuarantined { .. })),
+        "{report:?}"
+    );
+    // Every session not in the damaged shard, and the WAL's records, still serve.
+    let served = [0, 1, 2, 3]
+        .into_iter()
+        .filter(|&i| store.get_session(&sample_identity(i), 0).is_some())
+        .count();
+    assert!(served >= 1, "nothing served");
+    assert!(store.get_session(&sample_identity(5), 0).is_some());
+    assert_eq!(format_version_of(dir.path()), FORMAT_VERSION);
+}
+
+/// `inspect` reads a v1 store as open would serve it (converting in memory) and writes nothing:
+/// the conversion happens only when the store is opened.
+#[test]
+fn inspect_reads_a_v1_store_without_converting_it() {
+    use backstop::store::inspect::{ArtifactLookup, InspectQuery, run};
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(&fixture_dir("v1"), dir.path());
+    let before: Vec<_> = walk(dir.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let mut out = Vec::new();
+    run(dir.path(), &InspectQuery::Summary, 0, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("format version: 1 (converted"), "{text}");
+    assert!(text.contains("totals: 5 sessions"), "{text}");
+    assert!(text.contains("segments failing validation: 0"), "{text}");
+
+    let keys = backstop::store::Keys::load(dir.path()).unwrap();
+    let d = keys.artifact_digest(ArtifactKind::RefreshToken, b"fixture-rt");
+    let mut out = Vec::new();
+    run(
+        dir.path(),
+        &InspectQuery::Artifact(ArtifactLookup::Digest(d)),
+        0,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(r#"resource="" family="" client_auth=Unknown"#)
+            && text.contains("state: current"),
+        "{text}"
+    );
+    let after: Vec<_> = walk(dir.path())
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let (mut before, mut after) = (before, after);
+    before.sort();
+    after.sort();
+    assert!(before == after, "inspect modified the store");
 }

@@ -330,37 +330,53 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
     let mut senders = Vec::new();
     let mut writers = Vec::new();
     for g in 0..group_count {
-        let wal = writer::create_wal(&core, g, core.next_generation())?;
-        let (tx, rx) = tokio::sync::mpsc::channel(limits::STORE_QUEUE_RECORDS_MAX);
-        let c = Arc::clone(&core);
-        let h = std::thread::Builder::new()
-            .name(format!("store-wal-{g}"))
-            .spawn(move || writer::run(c, wal, rx))
-            .map_err(io_err("spawn writer", dir_path))?;
-        senders.push(tx);
-        writers.push(h);
+        let spawned = writer::create_wal(&core, g, core.next_generation()).and_then(|wal| {
+            let (tx, rx) = tokio::sync::mpsc::channel(limits::STORE_QUEUE_RECORDS_MAX);
+            let c = Arc::clone(&core);
+            std::thread::Builder::new()
+                .name(format!("store-wal-{g}"))
+                .spawn(move || writer::run(c, wal, rx))
+                .map(|h| (tx, h))
+                .map_err(io_err("spawn writer", dir_path))
+        });
+        match spawned {
+            Ok((tx, h)) => {
+                senders.push(tx);
+                writers.push(h);
+            }
+            Err(e) => {
+                // The writers started so far hold the core, and with it the data-dir lock:
+                // stop them before returning, so a failed open leaves the directory free.
+                drop(senders);
+                for h in writers {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        }
     }
     let engine = Engine {
         core: Arc::clone(&core),
         senders,
     };
 
-    let mut validators = Vec::new();
+    // From here on an error drops `store`, which stops and joins what it started (and so
+    // releases the data-dir lock) before open returns.
+    let mut store = Store {
+        engine,
+        writers,
+        compactor: None,
+        validators: Vec::new(),
+    };
+
     if !later.is_empty() {
         let c = Arc::clone(&core);
         let h = std::thread::Builder::new()
             .name("store-validate".into())
             .spawn(move || validate_in_background(&c, later))
             .map_err(io_err("spawn validator", dir_path))?;
-        validators.push(h);
+        store.validators.push(h);
     }
-
-    let mut store = Store {
-        engine,
-        writers,
-        compactor: None,
-        validators,
-    };
 
     if format_file.version < FORMAT_VERSION || older_wal {
         // Older segments were converted above; what remains of the old format is in the

@@ -555,3 +555,108 @@ pub fn upgrade_record(
         k => Err(UpgradeError::Kind(k)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1_artifact() -> v1::DiskArtifact {
+        v1::DiskArtifact {
+            kind: ArtifactKind::RefreshToken.code(),
+            digest: [7; 32],
+            tenant: "t".into(),
+            user: "u".into(),
+            device: "d".into(),
+            app: "a".into(),
+            issued_at_secs: 10,
+            expires_at_secs: 20,
+        }
+    }
+
+    #[test]
+    fn v1_artifact_converts_with_the_documented_defaults() {
+        let old = rkyv::to_bytes::<rkyv::rancor::Error>(&v1_artifact()).unwrap();
+        let new = upgrade_record(v1::VERSION, kind::ARTIFACT, &old).unwrap();
+        let a = rkyv::access::<ArchivedDiskArtifact, rkyv::rancor::Error>(&new).unwrap();
+        assert_eq!(
+            a.to_record(),
+            Some(ArtifactRecord {
+                kind: ArtifactKind::RefreshToken,
+                digest: ArtifactDigest([7; 32]),
+                tenant: "t".into(),
+                user: "u".into(),
+                device: "d".into(),
+                app: "a".into(),
+                resource: String::new(),
+                family: String::new(),
+                client_auth: ClientAuthMethod::Unknown,
+                state: ArtifactState::Current,
+                state_changed_at_secs: 0,
+                issued_at_secs: 10,
+                expires_at_secs: 20,
+            })
+        );
+    }
+
+    #[test]
+    fn v1_template_converts_with_a_zero_nbf_offset() {
+        let t = v1::DiskTemplate {
+            claims_json: b"{}".to_vec(),
+            time_claims: 5,
+            lifetime_secs: 60,
+            alg: "ES256".into(),
+            typ: "JWT".into(),
+        };
+        let s = v1::DiskSession {
+            tenant: "t".into(),
+            user: "u".into(),
+            device: "d".into(),
+            app: "a".into(),
+            resource: "r".into(),
+            home_tenant: true,
+            auth_time_secs: 1,
+            recorded_at_secs: 2,
+            expires_at_secs: 3,
+            amr: vec!["pwd".into()],
+            acr: String::new(),
+            groups: vec![],
+            roles: vec![],
+            sign_in_risk: 2,
+            user_risk: 0,
+            device_platform: "iOS".into(),
+            device_compliance: 1,
+            dpop_jkt: None,
+            access_token: t.clone(),
+            id_token: Some(t),
+            scopes: vec!["openid".into()],
+            token_type: "Bearer".into(),
+        };
+        let old = rkyv::to_bytes::<rkyv::rancor::Error>(&s).unwrap();
+        let new = upgrade_record(v1::VERSION, kind::SESSION, &old).unwrap();
+        let snap = rkyv::access::<ArchivedDiskSession, rkyv::rancor::Error>(&new)
+            .unwrap()
+            .to_snapshot();
+        assert_eq!(snap.access_token.nbf_offset_secs, 0);
+        assert_eq!(snap.id_token.map(|t| t.alg), Some("ES256".to_owned()));
+        assert_eq!(snap.sign_in_risk, RiskLevel::Low);
+        assert_eq!(snap.identity.resource, "r");
+    }
+
+    #[test]
+    fn conversion_refuses_what_it_cannot_read() {
+        let old = rkyv::to_bytes::<rkyv::rancor::Error>(&v1_artifact()).unwrap();
+        assert_eq!(
+            upgrade_record(FORMAT_VERSION + 1, kind::ARTIFACT, &old).err(),
+            Some(UpgradeError::Version(FORMAT_VERSION + 1))
+        );
+        assert_eq!(
+            upgrade_record(v1::VERSION, kind::REVOCATION, &old).err(),
+            Some(UpgradeError::Kind(kind::REVOCATION))
+        );
+        // An artifact's bytes are not a session archive.
+        assert_eq!(
+            upgrade_record(v1::VERSION, kind::SESSION, &old).err(),
+            Some(UpgradeError::Archive)
+        );
+    }
+}

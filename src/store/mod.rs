@@ -1,5 +1,6 @@
 //! The session store: sharded WAL + in-memory table + memory-mapped rkyv segments
-//! (DESIGN §3–§4, format in `docs/store-format.md`).
+//! (DESIGN §3–§4, format in `docs/store-format.md`). It also keeps revocation events durable
+//! (DESIGN §6) as records of their own kind, and converts stores of older formats at open.
 //!
 //! Writes are serialized and validated on the caller's thread, then handed to the writer thread
 //! of their WAL group, which encodes and checksums the batch's WAL records, appends them with
@@ -196,6 +197,8 @@ pub struct StoreStats {
     pub segments: u64,
     /// Records in live segments.
     pub segment_records: u64,
+    /// Revocation events among them.
+    pub segment_revocations: u64,
     /// Bytes of live segments.
     pub segment_bytes: u64,
     /// Segments moved to quarantine since open (including at open).
@@ -727,6 +730,7 @@ impl Store {
             for seg in s.segments.iter().filter(|s| !s.is_failed()) {
                 st.segments += 1;
                 st.segment_records += seg.header().record_count;
+                st.segment_revocations += seg.header().revocation_count;
                 st.segment_bytes += seg.bytes_len();
             }
         }

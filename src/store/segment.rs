@@ -905,6 +905,73 @@ mod tests {
     }
 
     #[test]
+    fn revocation_records_are_counted_found_and_listed_by_kind() {
+        let (recs, _) = built(3);
+        let ev = crate::store::format::DiskRevocation {
+            id: "ev".into(),
+            kind: 1,
+            subject_kind: 1,
+            source: 1,
+            subject: "u".into(),
+            time_secs: 1,
+            recorded_at_secs: 2,
+            expires_at_secs: 900,
+        };
+        let evb = rkyv::to_bytes::<rkyv::rancor::Error>(&ev).unwrap();
+        let mut input: Vec<BuildRecord<'_>> = recs
+            .iter()
+            .map(|(k, b)| BuildRecord {
+                key: *k,
+                kind: kind::SESSION,
+                bytes: b,
+                expires_at_secs: 1000,
+            })
+            .collect();
+        input.push(BuildRecord {
+            key: RecordKey(77),
+            kind: kind::REVOCATION,
+            bytes: &evb,
+            expires_at_secs: 900,
+        });
+        let bytes = build(0, 1, &input);
+        let seg = Segment::from_backing(
+            Backing::Heap(aligned_copy(&bytes)),
+            PathBuf::new(),
+            1,
+            Validate::Now,
+        )
+        .unwrap();
+        let h = *seg.header();
+        assert_eq!(
+            (h.record_count, h.session_count, h.revocation_count),
+            (4, 3, 1)
+        );
+        assert_eq!(h.min_expires_at_secs, 900);
+        let listed: Vec<_> = seg.records_of_kind(kind::REVOCATION).collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, RecordKey(77));
+        let Found::Record(r) = seg.find(RecordKey(77)) else {
+            panic!("revocation not found")
+        };
+        assert_eq!(record_expires_at(&r), Some(900));
+        assert!(r.into_revocation().unwrap().is_id("ev"));
+
+        // A header whose revocation count disagrees with the slots is refused.
+        let mut b = bytes.clone();
+        b[104] = 2;
+        reseal(&mut b);
+        assert!(
+            Segment::from_backing(
+                Backing::Heap(aligned_copy(&b)),
+                PathBuf::new(),
+                1,
+                Validate::Now
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn newer_version_is_refused() {
         let mut b = build(0, 1, &[]);
         b[8] = 99;
