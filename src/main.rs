@@ -340,7 +340,12 @@ fn serve(config_path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> Exit
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("backstop: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
+            // A bad policy file is configuration, like a bad config value.
+            return ExitCode::from(if e.is_config() {
+                EXIT_CONFIG
+            } else {
+                EXIT_RUNTIME
+            });
         }
     };
     // One line per listener on stdout, for operators and for tests that start on port 0.

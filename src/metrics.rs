@@ -28,6 +28,8 @@ pub enum Route {
     Jwks,
     /// The primary's token endpoint: forwarded and recorded, or answered by the backup.
     Token,
+    /// The Shared Signals push endpoint.
+    Ssf,
     /// Forwarded to the primary (everything backstop does not answer itself).
     Proxy,
     /// The admin API (served on its own listener).
@@ -36,13 +38,14 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::Discovery,
         Route::Jwks,
         Route::Token,
+        Route::Ssf,
         Route::Proxy,
         Route::Admin,
     ];
@@ -56,6 +59,7 @@ impl Route {
             Route::Discovery => "discovery",
             Route::Jwks => "jwks",
             Route::Token => "token",
+            Route::Ssf => "ssf",
             Route::Proxy => "proxy",
             Route::Admin => "admin",
         }

@@ -112,7 +112,6 @@ struct RawPolicy {
     reload_poll_ms: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
     client_ip_header: Option<String>,
-    session_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,8 +209,6 @@ pub struct PolicyConfig {
     pub reload_poll: Duration,
     /// Trusted proxies and the header they put the client's address in.
     pub client_ip: crate::policy::ClientIpConfig,
-    /// Seconds after its recording a snapshot may be served (eligibility rule 1).
-    pub session_window_secs: i64,
 }
 
 impl Default for PolicyConfig {
@@ -220,8 +217,6 @@ impl Default for PolicyConfig {
             file: None,
             reload_poll: Duration::from_millis(limits::POLICY_RELOAD_POLL_MS.default),
             client_ip: crate::policy::ClientIpConfig::default(),
-            session_window_secs: i64::try_from(limits::SESSION_WINDOW_SECS.default)
-                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -435,11 +430,6 @@ fn resolve_policy(raw: &RawPolicy) -> Result<PolicyConfig, ConfigError> {
         raw.reload_poll_ms,
         limits::POLICY_RELOAD_POLL_MS,
     )?);
-    let session_window_secs = bounded(
-        "policy.session_window_secs",
-        raw.session_window_secs,
-        limits::SESSION_WINDOW_SECS,
-    )?;
     let proxies = raw.trusted_proxies.as_deref().unwrap_or_default();
     if proxies.len() > limits::TRUSTED_PROXIES_MAX {
         return Err(ConfigError::invalid(
@@ -487,7 +477,6 @@ fn resolve_policy(raw: &RawPolicy) -> Result<PolicyConfig, ConfigError> {
             trusted_proxies,
             header,
         },
-        session_window_secs: i64::try_from(session_window_secs).unwrap_or(i64::MAX),
     })
 }
 
@@ -962,7 +951,6 @@ mod tests {
             reload_poll_ms = 0
             trusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]
             client_ip_header = "X-Forwarded-For"
-            session_window_secs = 86400
             [ssf]
             issuer = "https://idp.example.com"
             jwks_uri = "https://idp.example.com/ssf/jwks"
@@ -982,7 +970,6 @@ mod tests {
             config.policy.client_ip.header.as_deref(),
             Some("x-forwarded-for")
         );
-        assert_eq!(config.policy.session_window_secs, 86_400);
         let ssf = config.ssf.unwrap();
         assert_eq!(ssf.issuer, "https://idp.example.com");
         assert_eq!(ssf.audience, "https://backstop.example.com");
@@ -996,10 +983,6 @@ mod tests {
             (
                 "[policy]\nreload_poll_ms = 3600001",
                 "policy.reload_poll_ms",
-            ),
-            (
-                "[policy]\nsession_window_secs = 1",
-                "policy.session_window_secs",
             ),
             (
                 "[policy]\ntrusted_proxies = [\"10.0.0.1\"]",

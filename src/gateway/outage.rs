@@ -66,6 +66,9 @@ pub enum Refusal {
     DpopNotBound,
     /// The user is a guest in this tenant (B2B / B2C).
     GuestUser,
+    /// A trusted proxy's client-address header was malformed: location conditions cannot be
+    /// placed.
+    ClientIpUnknown,
     /// A policy or revocation check refused (its own label travels in [`HookRefusal`]).
     Hook,
     /// No signing key of the algorithm the primary used.
@@ -76,7 +79,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in metric label order.
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::MalformedRequest,
         Refusal::UnsupportedGrant,
         Refusal::UnknownArtifact,
@@ -94,6 +97,7 @@ impl Refusal {
         Refusal::DpopKeyMismatch,
         Refusal::DpopNotBound,
         Refusal::GuestUser,
+        Refusal::ClientIpUnknown,
         Refusal::Hook,
         Refusal::NoSigningKey,
         Refusal::BadTemplate,
@@ -119,6 +123,7 @@ impl Refusal {
             Refusal::DpopKeyMismatch => "dpop_key_mismatch",
             Refusal::DpopNotBound => "dpop_not_bound",
             Refusal::GuestUser => "guest_user",
+            Refusal::ClientIpUnknown => "client_ip_unknown",
             Refusal::Hook => "policy_or_revocation",
             Refusal::NoSigningKey => "no_signing_key",
             Refusal::BadTemplate => "bad_template",
@@ -145,6 +150,7 @@ impl Refusal {
             | Refusal::ScopeNarrowing
             | Refusal::DpopNotBound
             | Refusal::GuestUser
+            | Refusal::ClientIpUnknown
             | Refusal::Hook
             | Refusal::NoSigningKey
             | Refusal::BadTemplate => OAuthError::TemporarilyUnavailable,
@@ -254,8 +260,9 @@ pub struct OutageRequest<'a> {
     pub dpop: Option<&'a [u8]>,
     /// More than one `DPoP` header was sent (RFC 9449 §4.3: invalid).
     pub dpop_repeated: bool,
-    /// The client's IP as trusted.
-    pub client_ip: IpAddr,
+    /// The client's IP as trusted (socket peer or a trusted proxy's header); `None` when a
+    /// trusted proxy's header was malformed (location conditions cannot be placed: refused).
+    pub client_ip: Option<IpAddr>,
     /// `User-Agent`, if any.
     pub user_agent: Option<&'a str>,
 }
@@ -428,10 +435,13 @@ pub fn serve_refresh(
     if !session.home_tenant {
         return Decision::refuse(Refusal::GuestUser, subject);
     }
+    let Some(client_ip) = req.client_ip else {
+        return Decision::refuse(Refusal::ClientIpUnknown, subject);
+    };
     let facts = CheckFacts {
         session: &session,
         artifact: &artifact,
-        client_ip: req.client_ip,
+        client_ip,
         user_agent: req.user_agent,
         now_secs: env.now_secs,
     };
@@ -841,7 +851,7 @@ mod tests {
             authorization: auth.map(str::as_bytes),
             dpop: dpop.map(str::as_bytes),
             dpop_repeated: false,
-            client_ip: IpAddr::from([127, 0, 0, 1]),
+            client_ip: Some(IpAddr::from([127, 0, 0, 1])),
             user_agent: None,
         };
         let mut minters =

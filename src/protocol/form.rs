@@ -122,6 +122,11 @@ impl<'a> Form<'a> {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// Every parameter, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+    }
+
     /// Number of parameters with a value.
     pub fn len(&self) -> usize {
         self.fields.len()

@@ -18,7 +18,7 @@ use crate::failover::Mode;
 type Reply = Response<ResBody>;
 
 /// Serves one admin request: authentication first, then the route.
-pub(crate) fn handle(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
+pub(crate) async fn handle(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
     if !authorized(parts, shared) {
         let mut reply = json(
             StatusCode::UNAUTHORIZED,
@@ -35,7 +35,143 @@ pub(crate) fn handle(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
         (_, "/admin/status") => not_allowed("GET"),
         (&Method::POST, "/admin/mode") => set_mode(body, shared),
         (_, "/admin/mode") => not_allowed("POST"),
+        (&Method::GET, "/admin/policies") => get_policies(shared),
+        (&Method::PUT, "/admin/policies") => put_policies(parts, body, shared),
+        (_, "/admin/policies") => not_allowed("GET, PUT"),
+        (&Method::GET, "/admin/revocations") => list_revocations(parts, shared),
+        (&Method::POST, "/admin/revocations") => post_revocation(body, shared).await,
+        (_, "/admin/revocations") => not_allowed("GET, POST"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn admin_error(status: StatusCode, error: &str, description: &str) -> Reply {
+    json(
+        status,
+        serde_json::json!({"error": error, "error_description": description})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+fn now_secs() -> i64 {
+    i64::try_from(super::unix_now_secs()).unwrap_or(i64::MAX)
+}
+
+/// `GET /admin/policies`: the live document with its version (`ETag`) and provenance.
+fn get_policies(shared: &Shared) -> Reply {
+    let current = shared.policies.current();
+    let document: serde_json::Value = serde_json::from_slice(&current.document).unwrap_or_else(
+        |_| serde_json::json!({"conditionalAccessPolicies": [], "namedLocations": []}),
+    );
+    let body = serde_json::json!({
+        "version": current.version,
+        "sha256": current.source_sha256,
+        "loaded_at": current.loaded_at_secs,
+        "origin": format!("{:?}", current.origin),
+        "policies": current.value.policy_count(),
+        "document": document,
+    });
+    let mut reply = json(StatusCode::OK, body.to_string().into_bytes());
+    if let Ok(v) = HeaderValue::from_str(&current.etag()) {
+        reply.headers_mut().insert(header::ETAG, v);
+    }
+    reply
+}
+
+/// `PUT /admin/policies`: validate and swap atomically; `If-Match` makes it conditional on
+/// the version the operator last read (412 when another change came first).
+fn put_policies(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
+    let if_match = parts.headers.get(header::IF_MATCH).map(|v| v.to_str());
+    let result = match if_match {
+        None => shared.policies.replace_from_json(body, now_secs()),
+        Some(value) => match value.ok().and_then(crate::policy::parse_if_match) {
+            Some(version) => shared
+                .policies
+                .replace_if_version(body, version, now_secs()),
+            None => {
+                return admin_error(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    "If-Match must name one version, as the ETag of GET /admin/policies",
+                );
+            }
+        },
+    };
+    match result {
+        Ok(outcome) => {
+            tracing::warn!(?outcome, "policies replaced through the admin API");
+            get_policies(shared)
+        }
+        Err(crate::policy::PolicyFileError::VersionMismatch(e)) => admin_error(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            &e.to_string(),
+        ),
+        Err(e) => admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    }
+}
+
+/// `GET /admin/revocations?subject_type=&subject_id=&kind=&since=`.
+fn list_revocations(parts: &Parts, shared: &Shared) -> Reply {
+    let query = parts.uri.query().unwrap_or("");
+    let form = match crate::protocol::Form::parse(query.as_bytes(), &[]) {
+        Ok(f) => f,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    };
+    let filter = match crate::revocation::AdminQuery::from_pairs(form.pairs()) {
+        Ok(q) => q,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    };
+    let events: Vec<serde_json::Value> = shared
+        .revocations
+        .events()
+        .iter()
+        .filter(|e| filter.matches(e))
+        .map(crate::revocation::admin_event_json)
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({"revocations": events})
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// `POST /admin/revocations` with `{"id", "kind", "subject": {"type", "id"}, "time"}`:
+/// durable before the answer; idempotent by `id` (200 for a repeat, 201 for a new event,
+/// 409 for a different event under a known id).
+async fn post_revocation(body: &Bytes, shared: &Shared) -> Reply {
+    let now = now_secs();
+    let event = match crate::revocation::parse_admin_event(body, now) {
+        Ok(e) => e,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    };
+    let shown = crate::revocation::admin_event_json(&event);
+    match shared.revocations.record(&shared.store, event, now).await {
+        Ok(crate::revocation::Inserted::New) => {
+            tracing::warn!(event = %shown, "revocation event recorded through the admin API");
+            json(StatusCode::CREATED, shown.to_string().into_bytes())
+        }
+        Ok(_) => json(StatusCode::OK, shown.to_string().into_bytes()),
+        Err(super::ca::RecordError::Invalid(crate::revocation::RevocationError::IdConflict {
+            ..
+        })) => admin_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "an event with this id is recorded with different content",
+        ),
+        Err(super::ca::RecordError::Invalid(e)) => {
+            admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string())
+        }
+        Err(super::ca::RecordError::Store(e)) => {
+            tracing::error!(error = %e, "revocation event could not be stored");
+            admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the event could not be made durable; it is not recorded",
+            )
+        }
     }
 }
 

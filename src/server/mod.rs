@@ -11,11 +11,13 @@
 #![allow(clippy::disallowed_methods)]
 
 pub(crate) mod admin;
+pub(crate) mod ca;
 pub(crate) mod capture;
 pub(crate) mod conn;
 pub(crate) mod gate;
 pub(crate) mod metadata;
 pub(crate) mod router;
+pub(crate) mod ssf;
 pub(crate) mod token;
 pub(crate) mod upstream;
 
@@ -78,6 +80,12 @@ pub enum ServerError {
     /// The client to the primary could not be configured.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The policy file named by `[policy] file` is invalid.
+    #[error("policy file (config field `policy.file`): {0}")]
+    Policy(#[from] crate::policy::PolicyFileError),
+    /// The revocation filter could not be built.
+    #[error("revocation filter: {0}")]
+    Revocation(#[from] crate::revocation::RevocationError),
     /// The capture worker could not be started.
     #[error(transparent)]
     Capture(#[from] crate::gateway::capture::CaptureError),
@@ -92,6 +100,13 @@ pub enum ServerError {
         /// What happened.
         reason: String,
     },
+}
+
+impl ServerError {
+    /// Whether the error is in the configuration (exit code 2) rather than the environment.
+    pub fn is_config(&self) -> bool {
+        matches!(self, ServerError::Policy(_))
+    }
 }
 
 /// State shared by all threads: immutable after start, except the draining flag.
@@ -127,6 +142,12 @@ pub(crate) struct Shared {
     pub(crate) capture: crate::gateway::capture::CaptureQueue,
     /// The capture worker's counters.
     pub(crate) capture_stats: Arc<crate::gateway::capture::CaptureStats>,
+    /// Conditional Access policies (file, hot reload, admin API).
+    pub(crate) policies: Arc<crate::policy::PolicyManager>,
+    /// Revocation events (durable) and their filter.
+    pub(crate) revocations: Arc<ca::Revocations>,
+    /// The Shared Signals receiver's state, when `[ssf]` is configured.
+    pub(crate) ssf: Option<ssf::SsfState>,
 }
 
 /// Unix milliseconds from the wall clock, for audit records.
@@ -143,6 +164,11 @@ pub(crate) fn unix_now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Unix seconds, signed (the policy watcher's clock).
+fn unix_now_secs_i64() -> i64 {
+    i64::try_from(unix_now_secs()).unwrap_or(i64::MAX)
+}
+
 /// A server whose sockets are bound but which serves nothing yet.
 pub struct BoundServer {
     shared: Arc<Shared>,
@@ -150,6 +176,7 @@ pub struct BoundServer {
     admin: Option<StdListener>,
     audit_writer: std::thread::JoinHandle<()>,
     capture_worker: crate::gateway::capture::CaptureWorker,
+    policy_watcher: Option<crate::policy::WatchHandle>,
     control: tokio::runtime::Runtime,
     signals: Signals,
 }
@@ -230,6 +257,21 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         discovery_path: metadata::discovery_path(&issuer),
         ..metadata::Metadata::default()
     }));
+    let now = i64::try_from(unix_now_secs()).unwrap_or(i64::MAX);
+    let policies = Arc::new(match config.policy.file.as_deref() {
+        Some(path) => crate::policy::PolicyManager::from_file(path, now)?,
+        None => crate::policy::PolicyManager::empty(),
+    });
+    let window_secs = i64::try_from(config.capture.session_window_secs).unwrap_or(i64::MAX);
+    let revocations = Arc::new(ca::Revocations::replay(&store, window_secs, now)?);
+    let checks = ca::CaChecks {
+        policies: policies.clone(),
+        revocations: revocations.clone(),
+        config: crate::eligibility::EligibilityConfig {
+            session_window_secs: window_secs,
+        },
+    };
+    let ssf = config.ssf.clone().map(ssf::SsfState::new);
     let capture_stats = Arc::new(crate::gateway::capture::CaptureStats::new());
     let (capture, capture_worker) = {
         let metadata = metadata.clone();
@@ -255,9 +297,12 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         dpop_replay: std::sync::Mutex::new(crate::token::dpop::ReplayCache::new(
             usize::try_from(crate::limits::DPOP_REPLAY_ENTRIES.default).unwrap_or(1 << 20),
         )),
-        checks: Box::new(crate::gateway::outage::AllowAll),
+        checks: Box::new(checks),
         capture,
         capture_stats,
+        policies,
+        revocations,
+        ssf,
         mode: AtomicU8::new(gate::mode_code(crate::failover::Mode::Auto)),
         breakers: (0..config.workers).map(|_| AtomicU8::new(0)).collect(),
         tls,
@@ -273,12 +318,26 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
             source,
         })?;
     let signals = Signals::install(&control)?;
+    let policy_watcher = if shared.config.policy.reload_poll.is_zero() {
+        None
+    } else {
+        crate::policy::spawn_watcher(
+            shared.policies.clone(),
+            shared.config.policy.reload_poll,
+            unix_now_secs_i64,
+        )
+        .map_err(|source| ServerError::Start {
+            what: "policy file watcher".into(),
+            source,
+        })?
+    };
     Ok(BoundServer {
         shared,
         public,
         admin,
         audit_writer,
         capture_worker,
+        policy_watcher,
         control,
         signals,
     })
@@ -303,6 +362,7 @@ impl BoundServer {
             admin,
             audit_writer,
             capture_worker,
+            policy_watcher,
             control,
             signals,
         } = self;
@@ -357,6 +417,9 @@ impl BoundServer {
         // Flush durable state: queued captures reach the store (which acknowledges only durable
         // writes), then the audit log writes what was queued and stops.
         capture_worker.shutdown();
+        if let Some(w) = policy_watcher {
+            w.stop();
+        }
         shared.audit.close();
         if audit_writer.join().is_err() {
             tracing::error!("audit writer thread panicked");
@@ -398,6 +461,7 @@ async fn control_main(
     // The primary's metadata, refreshed from here so workers never wait on a fetch.
     let upstream =
         upstream::Upstream::new(&shared.config.primary, &shared.issuer, shared.tls.clone())?;
+    let ssf_keys = tokio::task::spawn_local(ssf::refresh_keys_forever(shared.clone()));
     let refresher = tokio::task::spawn_local(metadata::refresh_forever(
         upstream,
         shared.issuer.clone(),
@@ -407,8 +471,9 @@ async fn control_main(
         unix_now_secs,
     ));
 
-    signals.wait().await;
+    signals.wait(&shared).await;
     refresher.abort();
+    ssf_keys.abort();
     tracing::info!(
         grace_ms =
             u64::try_from(shared.config.limits.shutdown_grace.as_millis()).unwrap_or(u64::MAX),
@@ -428,6 +493,7 @@ async fn control_main(
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -441,13 +507,30 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).map_err(start_err)?,
             int: signal(SignalKind::interrupt()).map_err(start_err)?,
+            hup: signal(SignalKind::hangup()).map_err(start_err)?,
         })
     }
 
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => tracing::info!("SIGTERM received"),
-            _ = self.int.recv() => tracing::info!("SIGINT received"),
+    /// Waits for SIGTERM or SIGINT; each SIGHUP meanwhile reloads the policy file.
+    async fn wait(&mut self, shared: &Shared) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    return;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT received");
+                    return;
+                }
+                _ = self.hup.recv() => {
+                    let now = i64::try_from(unix_now_secs()).unwrap_or(i64::MAX);
+                    match shared.policies.reload_now(now) {
+                        Ok(outcome) => tracing::info!(?outcome, "SIGHUP: policy file reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: policy file refused; keeping the current policies"),
+                    }
+                }
+            }
         }
     }
 }

@@ -118,7 +118,8 @@ async fn front_door(
         }
     };
     let reply = match (ctx.listener, route) {
-        (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared),
+        (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared).await,
+        (Listener::Public, Route::Ssf) => super::ssf::handle(&parts, &body, &ctx.shared).await,
         (Listener::Public, Route::Token) => super::token::handle(parts, body, peer_ip, ctx).await,
         (Listener::Public, Route::Proxy) => proxy(parts, body, peer_ip, ctx).await,
         (Listener::Public, _) => public(route, &parts.method, ctx),
@@ -199,6 +200,7 @@ fn public_route(path: &str, metadata: &arc_swap::ArcSwap<Metadata>) -> Route {
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/metrics" => Route::Metrics,
+        super::ssf::PATH => Route::Ssf,
         _ => {
             // Only paths that may be metadata pay for loading the snapshot.
             let metadata = metadata.load();
@@ -345,7 +347,9 @@ fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
-        Route::Token | Route::Proxy | Route::Admin => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::Token | Route::Ssf | Route::Proxy | Route::Admin => {
+            text(StatusCode::NOT_FOUND, "not found\n")
+        }
     }
 }
 

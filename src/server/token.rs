@@ -286,11 +286,12 @@ fn backup_answer(
     let worker = ctx.worker.unwrap_or(usize::MAX);
     metrics.backup_request(cause.metric(), cause.ambiguous());
     let dpop = single_header(&parts.headers, header::HeaderName::from_static("dpop"));
-    let client_ip = peer_ip
+    let peer = peer_ip
         .to_str()
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let client_ip = super::ca::client_ip(peer, &parts.headers, &shared.config.policy.client_ip);
     let request = OutageRequest {
         body,
         authorization: single_header(&parts.headers, header::AUTHORIZATION)
