@@ -81,6 +81,12 @@ pub enum AuditEvent {
         decision: &'static str,
         /// `served`, or the machine reason of the refusal.
         reason: &'static str,
+        /// The eligibility rule (1–5) that refused, when one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<u8>,
+        /// The refusing policy or revocation event, when one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
         /// Why the backup answered: `breaker_open`, `forced_outage`, or the upstream failure.
         cause: &'static str,
         /// The primary may have acted on the request before failing (DESIGN §1 hazard).

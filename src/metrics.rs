@@ -316,6 +316,7 @@ pub struct WorkerMetrics {
     backup_ambiguous: Cell,
     backup_served: Cell,
     backup_refusals: [Cell; BACKUP_REFUSAL_COUNT],
+    backup_rule_refusals: [Cell; 5],
 }
 
 impl Default for WorkerMetrics {
@@ -339,6 +340,7 @@ impl Default for WorkerMetrics {
             backup_ambiguous: Cell::default(),
             backup_served: Cell::default(),
             backup_refusals: cells(),
+            backup_rule_refusals: cells(),
         }
     }
 }
@@ -457,6 +459,16 @@ impl WorkerMetrics {
         }
     }
 
+    /// The backup refused under eligibility rule `rule` (1–5).
+    pub fn backup_rule_refusal(&self, rule: u8) {
+        if let Some(c) = usize::from(rule)
+            .checked_sub(1)
+            .and_then(|i| self.backup_rule_refusals.get(i))
+        {
+            c.add(1);
+        }
+    }
+
     /// Requests answered by this worker, all routes and statuses.
     pub fn requests_total(&self) -> u64 {
         self.requests.iter().flatten().map(Cell::get).sum()
@@ -570,6 +582,21 @@ impl Registry {
                 out,
                 "backstop_backup_refusals_total{{reason=\"{}\"}} {n}",
                 reason.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP backstop_backup_eligibility_refusals_total Backup refusals by the eligibility rule (DESIGN §2: 1 snapshot, 2 interaction, 3 home tenant, 4 policy, 5 revocation); the specific reason is in the audit record."
+        )?;
+        writeln!(
+            out,
+            "# TYPE backstop_backup_eligibility_refusals_total counter"
+        )?;
+        for rule in 1..=5usize {
+            let n = self.sum(|w| w.backup_rule_refusals.get(rule - 1).map_or(0, Cell::get));
+            writeln!(
+                out,
+                "backstop_backup_eligibility_refusals_total{{rule=\"{rule}\"}} {n}"
             )?;
         }
         writeln!(

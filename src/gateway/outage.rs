@@ -180,12 +180,16 @@ impl Refusal {
 }
 
 /// A refusal decided by the policy / revocation hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookRefusal {
-    /// Machine reason (`mfa_required`, `user_revoked`, ...).
+    /// Machine reason (`mfa`, `revoked_credential_change`, ...).
     pub label: &'static str,
     /// The wire error.
     pub error: OAuthError,
+    /// Which eligibility rule (1–5, DESIGN §2) refused.
+    pub rule: u8,
+    /// The refusing policy's id or the revocation event's id, for the audit record.
+    pub detail: Option<String>,
 }
 
 /// What the policy and revocation hook sees of a request the backup would serve.
@@ -448,8 +452,8 @@ pub fn serve_refresh(
     if let Err(hook) = env.checks.check(&facts) {
         return Decision::Refused {
             reason: Refusal::Hook,
-            hook: Some(hook),
             error: hook.error,
+            hook: Some(hook),
             description: Refusal::Hook.description().to_string(),
             subject,
         };

@@ -196,6 +196,16 @@ impl OutageChecks for CaChecks {
             Eligibility::Refuse(refusal) => Err(HookRefusal {
                 label: refusal.label(),
                 error: refusal.oauth_error(),
+                rule: refusal.rule(),
+                detail: match &refusal {
+                    eligibility::EligibilityRefusal::Policy { policy_id, .. } => {
+                        Some(format!("policy {policy_id}"))
+                    }
+                    eligibility::EligibilityRefusal::Revoked { event_id, .. } => {
+                        Some(format!("revocation event {event_id}"))
+                    }
+                    _ => None,
+                },
             }),
         }
     }

@@ -333,6 +333,13 @@ fn backup_answer(
     let latency = started.elapsed();
     let request_id = backup.next_request_id(worker);
     let label = decision.label();
+    let (rule, detail) = match &decision {
+        Decision::Refused { hook: Some(h), .. } => (Some(h.rule), h.detail.clone()),
+        _ => (None, None),
+    };
+    if let Some(rule) = rule {
+        metrics.backup_rule_refusal(rule);
+    }
     let (reply, subject, served) = match decision {
         Decision::Served { body, subject } => {
             let mut reply = json(StatusCode::OK, body);
@@ -377,6 +384,8 @@ fn backup_answer(
             session_key: subject.session_key,
             decision: if served { "served" } else { "refused" },
             reason: label,
+            rule,
+            detail,
             cause: cause.label(),
             ambiguous: cause.ambiguous(),
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
