@@ -8,8 +8,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::model::{
-    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, DeviceCompliance,
-    RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
+    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
+    DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
 };
 
 /// Format version written in the `FORMAT` file, every WAL header and every segment header.

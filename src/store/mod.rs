@@ -38,8 +38,8 @@ pub use error::{SegmentError, StoreError, WalRecordError};
 pub use keys::{Keys, RecordKey};
 pub use mapped::{ArtifactRef as ArtifactView, SessionRef as SessionView};
 pub use model::{
-    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, DeviceCompliance,
-    RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
+    ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
+    DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
 };
 pub use wal::{StdWalBackend, WalBackend, WalFile};
 
