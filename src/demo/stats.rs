@@ -130,13 +130,13 @@ impl Tally {
 
     /// A latency quantile (0.0..=1.0); `None` when nothing was recorded.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        (self.latency_us.len() > 0)
+        (!self.latency_us.is_empty())
             .then(|| Duration::from_micros(self.latency_us.value_at_quantile(q)))
     }
 
     /// The slowest request.
     pub fn max(&self) -> Option<Duration> {
-        (self.latency_us.len() > 0).then(|| Duration::from_micros(self.latency_us.max()))
+        (!self.latency_us.is_empty()).then(|| Duration::from_micros(self.latency_us.max()))
     }
 }
 
@@ -272,14 +272,12 @@ impl RunReport {
         if let Some(last) = self
             .phases
             .last()
-            .filter(|p| !p.outage && p.name == "recovered")
+            .filter(|p| !p.outage && p.name == "recovered" && p.tally.requests > 0)
         {
-            if last.tally.requests > 0 {
-                lines.push(format!(
-                    "After recovery the primary served {:.1}% of requests again.",
-                    percent(last.tally.primary, last.tally.requests)
-                ));
-            }
+            lines.push(format!(
+                "After recovery the primary served {:.1}% of requests again.",
+                percent(last.tally.primary, last.tally.requests)
+            ));
         }
         if self.sessions_lost > 0 {
             lines.push(format!(

@@ -364,14 +364,21 @@ fn grant_for(index: u64, args: &DemoArgs, client_id: &str) -> GrantRequest {
     );
     grant.resource = Some(format!("https://api{resource}.demo.test"));
     // Two users in three signed in with MFA; groups and roles vary so templates differ.
-    grant.amr = if user % 3 == 0 {
+    grant.amr = if user.is_multiple_of(3) {
         vec!["pwd".into()]
     } else {
         vec!["pwd".into(), "mfa".into()]
     };
-    grant.acr = Some(if user % 3 == 0 { "1" } else { "2" }.into());
+    grant.acr = Some(if user.is_multiple_of(3) { "1" } else { "2" }.into());
     grant.groups = vec![format!("group-{}", user % 7)];
-    grant.roles = vec![if user % 10 == 0 { "admin" } else { "reader" }.into()];
+    grant.roles = vec![
+        if user.is_multiple_of(10) {
+            "admin"
+        } else {
+            "reader"
+        }
+        .into(),
+    ];
     grant.device = Some(format!("device-{user:06}-{device}"));
     grant.nonce = Some(format!("nonce-{index}"));
     grant
