@@ -505,6 +505,7 @@ async fn status_ticker(shared: Arc<Shared>, names: Vec<String>, tty: bool, quiet
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     let mut last_phase = 0;
+    let mut printed = false;
     loop {
         interval.tick().await;
         let (phase, since, second) = {
@@ -527,14 +528,24 @@ async fn status_ticker(shared: Arc<Shared>, names: Vec<String>, tty: bool, quiet
         }
         let mut err = std::io::stderr().lock();
         if tty {
-            if phase != last_phase {
+            // Each phase keeps its last line; within a phase the line is rewritten in place,
+            // cut to the terminal's width (a wrapped line cannot be rewritten with `\r`).
+            if phase != last_phase && printed {
                 let _ = writeln!(err);
             }
-            let _ = write!(err, "\r{line}\x1b[K");
+            let width = rustix::termios::tcgetwinsize(std::io::stderr())
+                .map_or(0, |w| usize::from(w.ws_col));
+            let shown: String = if width > 1 {
+                line.chars().take(width - 1).collect()
+            } else {
+                line
+            };
+            let _ = write!(err, "\r{shown}\x1b[K");
             let _ = err.flush();
         } else {
             let _ = writeln!(err, "{line}");
         }
+        printed = true;
         last_phase = phase;
     }
 }
@@ -557,7 +568,7 @@ async fn admin_status(admin: Option<&Admin>) -> String {
                     .take(16)
                     .collect::<String>()
             };
-            format!("mode {}, breaker {}", field("mode"), field("breaker"))
+            format!("{}, breaker {}", field("mode"), field("breaker"))
         }
         _ => "admin status unavailable".to_string(),
     }
