@@ -161,6 +161,8 @@ struct Shared {
     client_ids: Vec<Arc<str>>,
     /// Ends the workers of the current stage.
     stop: AtomicBool,
+    /// SIGINT/SIGTERM arrived (backstop drains on the same signals), or backstop stopped.
+    interrupted: AtomicBool,
     /// Next session index to sign in.
     next_sign_in: AtomicU64,
     sessions: u64,
@@ -220,6 +222,7 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         pool: Mutex::new(Pool::default()),
         client_ids,
         stop: AtomicBool::new(false),
+        interrupted: AtomicBool::new(false),
         next_sign_in: AtomicU64::new(0),
         sessions: plan.sessions,
         signed_in: AtomicU64::new(0),
@@ -227,6 +230,7 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         pacer,
         args: plan.args.clone(),
     });
+    let watcher = tokio::spawn(watch_for_interruption(shared.clone()));
     let mut names = vec!["sign-in".to_string()];
     names.extend(plan.phases.iter().map(|p| p.name.clone()));
     let ticker = tokio::spawn(status_ticker(
@@ -248,9 +252,10 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         let _ = w.await;
     }
     let signed_in = shared.signed_in.load(Ordering::Relaxed);
-    let interrupted = shared.env.server_stopped.load(Ordering::Relaxed);
+    let interrupted = shared.interrupted.load(Ordering::Relaxed);
     if signed_in == 0 && !interrupted {
         ticker.abort();
+        watcher.abort();
         let sign_in = lock(&shared.recorder).tallies.first().map(|t| {
             t.refused
                 .iter()
@@ -286,7 +291,7 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         }
         let end = Instant::now() + phase.duration;
         while Instant::now() < end {
-            if shared.env.server_stopped.load(Ordering::Relaxed) {
+            if shared.interrupted.load(Ordering::Relaxed) {
                 interrupted = true;
                 break;
             }
@@ -303,6 +308,7 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         let _ = w.await;
     }
     ticker.abort();
+    watcher.abort();
     if plan.status_tty && !plan.args.quiet {
         let _ = writeln!(std::io::stderr().lock());
     }
@@ -324,8 +330,8 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
             elapsed: *elapsed,
             tally: tally.clone(),
         })
-        // Phases an interruption never reached are left out.
-        .filter(|p| p.name == "sign-in" || p.elapsed > Duration::ZERO)
+        // Phases an interruption never reached (or reached as it struck) are left out.
+        .filter(|p| p.name == "sign-in" || p.tally.requests > 0 || !interrupted)
         .collect();
     let args = &plan.args;
     Ok(RunReport {
@@ -390,7 +396,7 @@ fn app_of(index: u64, args: &DemoArgs) -> usize {
 
 async fn sign_in_worker(shared: Arc<Shared>) {
     loop {
-        if shared.env.server_stopped.load(Ordering::Relaxed) {
+        if shared.interrupted.load(Ordering::Relaxed) {
             return;
         }
         let index = shared.next_sign_in.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +503,41 @@ async fn refresh_worker(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Ends the run early on SIGINT or SIGTERM (which also make backstop drain: its handlers see
+/// the same signals), or when backstop stopped for any other reason. Clients stop sending at
+/// once, so backstop's drain does not show up as connection errors in the figures.
+async fn watch_for_interruption(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let halt = |shared: &Shared| {
+        shared.interrupted.store(true, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
+    };
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without our own handlers, backstop stopping is the signal.
+        while !shared.env.server_stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        halt(&shared);
+        return;
+    };
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = poll.tick() => {
+                if shared.env.server_stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+    halt(&shared);
 }
 
 /// Once a second: the last second's traffic, and backstop's mode and breaker.
