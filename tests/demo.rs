@@ -12,9 +12,14 @@ mod common;
 
 use common::run;
 
-/// A small population and a short run: 20 sessions, 5 s of refresh traffic.
+/// A small population and a short run: 20 sessions, `duration` seconds of refresh traffic.
+fn tiny(duration: &'static str) -> Vec<&'static str> {
+    let mut args = vec!["demo", "--duration", duration];
+    args.extend_from_slice(TINY);
+    args
+}
+
 const TINY: &[&str] = &[
-    "demo",
     "--users",
     "20",
     "--devices-per-user",
@@ -23,17 +28,14 @@ const TINY: &[&str] = &[
     "1",
     "--resources",
     "1",
-    "--duration",
-    "5",
     "--concurrency",
     "4",
     "--workers",
     "1",
 ];
 
-fn run_json(extra: &[&str]) -> serde_json::Value {
-    let mut args = TINY.to_vec();
-    args.extend_from_slice(extra);
+fn run_json(duration: &'static str) -> serde_json::Value {
+    let mut args = tiny(duration);
     args.push("--json");
     let (code, stdout, stderr) = run(&args, &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
@@ -51,7 +53,7 @@ fn phase<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 
 #[test]
 fn demo_runs_prints_the_summary_table_and_removes_its_data() {
-    let (code, stdout, stderr) = run(TINY, &[]);
+    let (code, stdout, stderr) = run(&tiny("5"), &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("backstop demo summary"), "{stdout}");
     assert!(stdout.contains("p99"), "{stdout}");
@@ -88,7 +90,7 @@ fn demo_runs_prints_the_summary_table_and_removes_its_data() {
 
 #[test]
 fn demo_signs_in_through_backstop_and_the_primary_serves_the_normal_phase() {
-    let summary = run_json(&[]);
+    let summary = run_json("5");
     assert_eq!(summary["sessions"]["planned"], 20);
     assert_eq!(summary["sessions"]["signed_in"], 20, "{summary}");
     assert_eq!(summary["interrupted"], false);
@@ -132,7 +134,7 @@ fn demo_signs_in_through_backstop_and_the_primary_serves_the_normal_phase() {
 #[ignore = "needs the gateway (issue 5) outage path"]
 fn demo_backup_serves_refreshes_while_the_primary_is_down() {
     // Long enough that the breaker closes again within the recovered phase (2 s).
-    let summary = run_json(&["--duration", "8"]);
+    let summary = run_json("8");
     let down = phase(&summary, "outage: down");
     assert!(down["backup"].as_u64().unwrap() > 0, "{summary}");
     assert!(
@@ -143,4 +145,62 @@ fn demo_backup_serves_refreshes_while_the_primary_is_down() {
         phase(&summary, "recovered")["primary"].as_u64().unwrap() > 0,
         "{summary}"
     );
+}
+
+#[test]
+fn demo_interrupted_by_sigint_prints_what_ran_and_exits_130() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let mut args = tiny("60");
+    args.push("--keep-data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(&args)
+        .env_remove("BACKSTOP_ADMIN_TOKEN")
+        .env_remove("BACKSTOP_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // backstop's signal handlers are installed once it is up; the sign-in comes after.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("signing in") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}\n{stdout}");
+    assert!(stdout.contains("The run was interrupted"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("sign-in")), "{stdout}");
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("recovered")),
+        "{stdout}"
+    );
+    // --keep-data kept the directory; clean it up.
+    let data_dir = seen
+        .split("data in ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no data dir named: {seen}"));
+    assert!(std::path::Path::new(data_dir).is_dir(), "{data_dir}");
+    std::fs::remove_dir_all(data_dir).unwrap();
 }
