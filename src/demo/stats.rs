@@ -224,6 +224,9 @@ pub struct RunReport {
     pub phases: Vec<PhaseReport>,
     /// The run was cut short (SIGINT/SIGTERM).
     pub interrupted: bool,
+    /// backstop's own failover counters from `/metrics` at the end of the run (non-zero
+    /// samples only): its reasons behind the refusals the clients saw.
+    pub backstop_counters: Vec<(String, f64)>,
 }
 
 impl RunReport {
@@ -257,9 +260,10 @@ impl RunReport {
                  primary was failing, {refused} were refused ({reasons}) and {failed} failed."
             ));
             lines.push(
-                "Serving refresh grants from recorded sessions needs the failover gateway \
-                 (issue 5); a backstop without it refuses while the primary is down, and the \
-                 clients keep their refresh tokens."
+                "The backup serves a refresh grant only for a session backstop recorded while \
+                 the primary answered (the failover gateway's capture and outage path, issue \
+                 5); without them it refuses while the primary is down, and the clients keep \
+                 their refresh tokens."
                     .to_string(),
             );
         } else {
@@ -374,6 +378,13 @@ impl RunReport {
                 );
             }
         }
+        if !self.backstop_counters.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "backstop's failover counters (/metrics at the end):");
+            for (sample, value) in &self.backstop_counters {
+                let _ = writeln!(out, "  {sample:<70} {value:>9}");
+            }
+        }
         let _ = writeln!(out);
         for line in self.verdict() {
             let _ = writeln!(out, "{line}");
@@ -427,9 +438,42 @@ impl RunReport {
             },
             "backup_served_during_outage": backup,
             "interrupted": self.interrupted,
+            "backstop_counters": self
+                .backstop_counters
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
             "verdict": self.verdict(),
         })
     }
+}
+
+/// Metric families whose samples the summary shows: backstop's own account of failover.
+const FAILOVER_METRICS: &[&str] = &[
+    "backstop_breaker_transitions_total",
+    "backstop_upstream_ambiguous_failures_total",
+    "backstop_outage_refusals_total",
+    "backstop_backup_requests_total",
+    "backstop_backup_refusals_total",
+    "backstop_backup_ambiguous_total",
+];
+
+/// Samples shown at most, whatever the server exposes.
+const COUNTER_SAMPLES_MAX: usize = 64;
+
+/// The non-zero samples of [`FAILOVER_METRICS`] in a Prometheus text exposition.
+pub fn failover_counters(exposition: &str) -> Vec<(String, f64)> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (sample, value) = l.trim().rsplit_once(' ')?;
+            let name = sample.split('{').next()?;
+            let value: f64 = value.parse().ok()?;
+            (FAILOVER_METRICS.contains(&name) && value > 0.0).then(|| (sample.to_string(), value))
+        })
+        .take(COUNTER_SAMPLES_MAX)
+        .collect()
 }
 
 /// One second of traffic, as the live status line shows it: the short fields first, so a
@@ -517,6 +561,7 @@ mod tests {
             sessions_lost: 0,
             phases,
             interrupted: false,
+            backstop_counters: vec![],
         }
     }
 
@@ -609,6 +654,26 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("503 temporarily_unavailable"), "{table}");
+    }
+
+    #[test]
+    fn failover_counters_keep_the_non_zero_samples_of_their_families() {
+        let text = "# HELP backstop_outage_refusals_total x\n\
+                    backstop_outage_refusals_total{reason=\"breaker_open\"} 12\n\
+                    backstop_outage_refusals_total{reason=\"timeout\"} 0\n\
+                    backstop_http_requests_total{route=\"token\"} 99\n\
+                    backstop_backup_requests_total 3\n\
+                    garbage\n";
+        assert_eq!(
+            failover_counters(text),
+            [
+                (
+                    "backstop_outage_refusals_total{reason=\"breaker_open\"}".to_string(),
+                    12.0
+                ),
+                ("backstop_backup_requests_total".to_string(), 3.0),
+            ]
+        );
     }
 
     #[test]

@@ -316,6 +316,13 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         super::note(&format!("could not bring the mock primary back: {e}"));
     }
 
+    let backstop_counters = match shared.env.http.get("/metrics", None).await {
+        Ok(reply) if reply.status.is_success() => {
+            stats::failover_counters(&String::from_utf8_lossy(&reply.body))
+        }
+        _ => Vec::new(),
+    };
+
     let recorder = lock(&shared.recorder);
     let mut states = vec![(PrimaryState::Healthy, false)];
     states.extend(plan.phases.iter().map(|p| (p.state, p.outage)));
@@ -354,6 +361,7 @@ pub async fn run(plan: Plan, env: Env) -> anyhow::Result<RunReport> {
         sessions_lost: shared.lost.load(Ordering::Relaxed),
         phases,
         interrupted,
+        backstop_counters,
     })
 }
 
