@@ -54,7 +54,9 @@ pub enum OutageKind {
     /// until the breaker opens.
     Hang,
     /// The primary processes each request (rotating refresh tokens) but answers after
-    /// backstop gave up: ambiguous failures, the hazard of DESIGN §1.
+    /// backstop gave up: ambiguous failures, where the client keeps a token the primary has
+    /// already rotated out. Most telling as the first outage phase, while the breaker is
+    /// still closed.
     Slow,
 }
 
@@ -101,7 +103,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(4..=86_400))]
     pub duration: u64,
     /// Closed loop: refresh requests in flight at once, over keep-alive connections. Each
-    /// session has at most one request in flight (refresh tokens rotate).
+    /// session has at most one request in flight (refresh tokens rotate); after a refusal it
+    /// waits as `Retry-After` says (at most 2 s, 1 s without one), and after `invalid_grant`
+    /// it retires (a real app would send its user to sign in again).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub concurrency: u64,
     /// Pace requests at this many per second in total (still at most --concurrency in
