@@ -352,7 +352,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<Ending> {
             &backstop_url,
             usize::try_from(args.concurrency).unwrap_or(64),
         );
-        let setup = prepare(&http, &mock, &server.stopped).await?;
+        let setup = prepare(&http, &backstop_url, &mock, &server.stopped).await?;
         let admin = admin_url.map(|url| traffic::Admin {
             http: Http::new(&url, 1),
             token: secrets.admin_token.clone(),
@@ -406,6 +406,7 @@ struct Setup {
 /// the merged JWKS), which also proves forwarding works.
 async fn prepare(
     http: &Http,
+    issuer: &str,
     mock: &backstop_mock_primary::MockHandle,
     stopped: &AtomicBool,
 ) -> anyhow::Result<Setup> {
@@ -414,7 +415,7 @@ async fn prepare(
         if stopped.load(Ordering::Relaxed) {
             bail!("backstop stopped during setup");
         }
-        let last_problem = match fetch_metadata(http, mock.kid()).await {
+        let last_problem = match fetch_metadata(http, issuer, mock.kid()).await {
             Ok(setup) => return Ok(setup),
             Err(problem) => problem,
         };
@@ -429,7 +430,7 @@ async fn prepare(
     }
 }
 
-async fn fetch_metadata(http: &Http, primary_kid: &str) -> Result<Setup, String> {
+async fn fetch_metadata(http: &Http, issuer: &str, primary_kid: &str) -> Result<Setup, String> {
     let discovery = http
         .get("/.well-known/openid-configuration", None)
         .await
@@ -439,6 +440,11 @@ async fn fetch_metadata(http: &Http, primary_kid: &str) -> Result<Setup, String>
     }
     let doc: serde_json::Value =
         serde_json::from_slice(&discovery.body).map_err(|_| "discovery: not JSON".to_string())?;
+    // The mock builds its issuer from the Host / X-Forwarded-* backstop forwards: it must be
+    // backstop's own, or the primary's tokens would name another issuer than the backup's.
+    if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
+        return Err(format!("discovery: issuer is not {issuer}"));
+    }
     let path_of = |field: &str| -> Result<String, String> {
         let url = doc
             .get(field)

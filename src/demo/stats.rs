@@ -278,10 +278,20 @@ impl RunReport {
             .last()
             .filter(|p| !p.outage && p.name == "recovered" && p.tally.requests > 0)
         {
-            lines.push(format!(
-                "After recovery the primary served {:.1}% of requests again.",
-                percent(last.tally.primary, last.tally.requests)
-            ));
+            if last.tally.primary == 0 {
+                lines.push(format!(
+                    "The primary served no request in the {:.1} s after it recovered: backstop's \
+                     breaker closes only after a successful probe (its back-off grows to 1 s \
+                     here) and clients first wait out their Retry-After; a longer --duration \
+                     shows the return.",
+                    last.elapsed.as_secs_f64()
+                ));
+            } else {
+                lines.push(format!(
+                    "After recovery the primary served {:.1}% of requests again.",
+                    percent(last.tally.primary, last.tally.requests)
+                ));
+            }
         }
         if self.sessions_lost > 0 {
             lines.push(format!(
