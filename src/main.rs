@@ -1,6 +1,9 @@
 //! The `backstop` binary: wires the command line to the library and nothing else.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage, 130 a demo cut
+//! short by SIGINT/SIGTERM.
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,10 +63,22 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Run the self-contained demo: a mock identity provider, simulated clients, an outage.
+    /// Run the self-contained outage demo: a mock identity provider, backstop in front of it,
+    /// simulated clients refreshing tokens, and the provider failing mid-run.
     ///
-    /// Not available yet: it needs the failover gateway (issue 5).
-    Demo,
+    /// Everything runs in this process on free loopback ports, with a temporary data
+    /// directory (removed at the end unless --keep-data). Sessions sign in through backstop
+    /// (authorization code), then refresh in a loop: a quarter of --duration with the primary
+    /// healthy, half in the outage phases (--outage), a quarter after it recovered. Every
+    /// second a status line on stderr shows requests/s, the share served by the primary and by
+    /// backstop's backup (told apart by the access token's signing key), refusals by reason,
+    /// p50/p99 latency, and backstop's mode and breaker. At the end, a summary per phase on
+    /// stdout (a table, or JSON with --json). Exit 0 when it ran, 1 when setup failed, 130
+    /// when interrupted.
+    #[command(
+        after_help = "Examples:\n  backstop demo                                 # about a minute, ~3000 sessions\n  backstop demo --users 20 --duration 8         # a quick look\n  backstop demo --rate 500 --outage down,slow   # paced, with the ambiguous-failure case\n  backstop demo --json > demo.json"
+    )]
+    Demo(demo::DemoArgs),
     /// Create the signing keyring for an algorithm (a current and a next key) in the data
     /// directory and print the current public JWK; with --rotate, rotate an existing keyring
     /// (next becomes current, current stays published as previous) and print the published
@@ -173,16 +188,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+/// `backstop demo` cut short by SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config, cli.log_format),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Demo => not_yet(
-            "demo",
-            "the failover gateway (issue 5); use `backstop serve`",
-        ),
+        Command::Demo(args) => run_demo(&args, cli.log_format),
         Command::Keygen {
             alg,
             rotate,
@@ -361,6 +375,23 @@ fn serve(config_path: Option<PathBuf>, log_format: Option<CliLogFormat>) -> Exit
         Err(e) => {
             tracing::error!(error = %e, "server failed");
             eprintln!("backstop: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn run_demo(args: &demo::DemoArgs, log_format: Option<CliLogFormat>) -> ExitCode {
+    // backstop's own logs would tear the status line: errors only, unless RUST_LOG says more.
+    let format = match log_format {
+        Some(CliLogFormat::Json) => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    init_logging(format, "error");
+    match demo::run(args) {
+        Ok(demo::Ending::Completed) => ExitCode::SUCCESS,
+        Ok(demo::Ending::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+        Err(e) => {
+            eprintln!("backstop demo: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -546,13 +577,6 @@ fn inspect(
             ExitCode::from(EXIT_RUNTIME)
         }
     }
-}
-
-fn not_yet(command: &str, arrives_with: &str) -> ExitCode {
-    eprintln!(
-        "backstop {command}: not available in this build yet; it arrives with {arrives_with}."
-    );
-    ExitCode::from(EXIT_RUNTIME)
 }
 
 /// One line on stdout. A closed stdout (`backstop serve | head -1`) must not take the server
