@@ -135,7 +135,6 @@ fn demo_signs_in_through_backstop_and_the_primary_serves_the_normal_phase() {
 }
 
 #[test]
-#[ignore = "needs the gateway (issue 5) outage path"]
 fn demo_backup_serves_refreshes_while_the_primary_is_down() {
     // Long enough that the breaker closes (up to 1 s of probe back-off) and clients come back
     // from their Retry-After (up to 2 s) within the recovered phase (3 s).
