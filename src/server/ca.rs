@@ -174,7 +174,8 @@ impl OutageChecks for CaChecks {
             amr: &session.amr,
             sign_in_risk: risk(session.sign_in_risk),
             user_risk: risk(session.user_risk),
-            device_compliant: session.device_compliance == device_code(DeviceCompliance::Compliant),
+            device_compliant: session.device_compliance
+                == crate::store::format::compliance_code(DeviceCompliance::Compliant),
             device_domain_joined: false,
         };
         let policies = self.policies.current();
@@ -213,20 +214,12 @@ impl OutageChecks for CaChecks {
 
 /// The store's risk code as the policy engine's level; unknown stays unknown.
 fn risk(code: u8) -> Option<RiskLevel> {
-    match code {
-        1 => Some(RiskLevel::None),
-        2 => Some(RiskLevel::Low),
-        3 => Some(RiskLevel::Medium),
-        4 => Some(RiskLevel::High),
-        _ => None,
-    }
-}
-
-const fn device_code(c: DeviceCompliance) -> u8 {
-    match c {
-        DeviceCompliance::Unknown => 0,
-        DeviceCompliance::Compliant => 1,
-        DeviceCompliance::NotCompliant => 2,
+    match crate::store::format::risk_from_code(code) {
+        crate::store::RiskLevel::Unknown => None,
+        crate::store::RiskLevel::None => Some(RiskLevel::None),
+        crate::store::RiskLevel::Low => Some(RiskLevel::Low),
+        crate::store::RiskLevel::Medium => Some(RiskLevel::Medium),
+        crate::store::RiskLevel::High => Some(RiskLevel::High),
     }
 }
 

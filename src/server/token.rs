@@ -143,17 +143,19 @@ pub(crate) async fn handle(
     }
 
     let upstream_started = Instant::now();
-    let forwarded = gate
-        .upstream
-        .forward(parts.clone(), body.clone(), peer_ip)
-        .await;
-    let response = match forwarded {
-        Ok(r) => r,
+    let outcome = forward(gate, parts.clone(), body.clone(), peer_ip, captured, ctx).await;
+    metrics.upstream_latency(upstream_started.elapsed());
+    match outcome {
+        Ok(reply) => {
+            metrics.upstream_outcome(UpstreamOutcome::Answered, false);
+            metrics.token_forwarded();
+            gate.record(Ok(()), metrics);
+            reply
+        }
         Err(failure) => {
             metrics.upstream_outcome(super::router::outcome_of(failure), failure.is_ambiguous());
-            metrics.upstream_latency(upstream_started.elapsed());
             gate.record(Err(failure), metrics);
-            return backup_answer(
+            backup_answer(
                 &parts,
                 &body,
                 peer_ip,
@@ -161,62 +163,47 @@ pub(crate) async fn handle(
                 backup,
                 Cause::Upstream(failure),
                 started,
-            );
+            )
         }
-    };
-    let status = response.status();
-    let wants_body = captured.wants_body(status);
-    if !wants_body {
-        metrics.upstream_outcome(UpstreamOutcome::Answered, false);
-        metrics.upstream_latency(upstream_started.elapsed());
-        metrics.token_forwarded();
-        gate.record(Ok(()), metrics);
-        let (mut head, incoming) = response.into_parts();
-        super::upstream::strip_hop_by_hop(&mut head.headers);
-        return Response::from_parts(head, Either::Right(incoming));
     }
-    // A 200 with tokens (or a refresh grant's 400): read the whole answer, bounded, to record
-    // it. An answer that cannot be read is an unexpected failure after the primary acted:
-    // ambiguous, and answered by the backup.
+}
+
+/// Forwards to the primary. A 200 with tokens (or a 400 to a recorded grant) is read whole,
+/// bounded, and handed to capture; anything else streams through. An answer that cannot be
+/// read, or a 200 that is not a token response, is an unexpected failure after the primary
+/// acted: ambiguous, and answered by the backup.
+async fn forward(
+    gate: &super::gate::Gate,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    peer_ip: &HeaderValue,
+    captured: super::capture::Pending,
+    ctx: &HandlerCtx,
+) -> Result<Reply, UpstreamFailure> {
+    let response = gate.upstream.forward(parts, body, peer_ip).await?;
+    let status = response.status();
     let (mut head, incoming) = response.into_parts();
+    super::upstream::strip_hop_by_hop(&mut head.headers);
+    if !captured.wants_body(status) {
+        return Ok(Response::from_parts(head, Either::Right(incoming)));
+    }
     let limited = Limited::new(incoming, crate::limits::UPSTREAM_BUFFERED_BODY_BYTES_MAX);
-    let read = tokio::time::timeout(
+    let bytes = match tokio::time::timeout(
         ctx.shared.config.primary.request_timeout,
         BodyExt::collect(limited),
     )
-    .await;
-    let failure = match read {
-        Ok(Ok(collected)) => {
-            let bytes = collected.to_bytes();
-            if status == StatusCode::OK && !looks_like_token_response(&bytes) {
-                Some(UpstreamFailure::Garbage)
-            } else {
-                metrics.upstream_outcome(UpstreamOutcome::Answered, false);
-                metrics.upstream_latency(upstream_started.elapsed());
-                metrics.token_forwarded();
-                gate.record(Ok(()), metrics);
-                captured.submit(status, bytes.clone(), ctx);
-                super::upstream::strip_hop_by_hop(&mut head.headers);
-                head.headers.remove(header::CONTENT_LENGTH);
-                return Response::from_parts(head, Either::Left(Full::new(bytes)));
-            }
-        }
-        Ok(Err(_)) => Some(UpstreamFailure::Reset),
-        Err(_) => Some(UpstreamFailure::Timeout),
+    .await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return Err(UpstreamFailure::Reset),
+        Err(_) => return Err(UpstreamFailure::Timeout),
     };
-    let failure = failure.unwrap_or(UpstreamFailure::Garbage);
-    metrics.upstream_outcome(super::router::outcome_of(failure), failure.is_ambiguous());
-    metrics.upstream_latency(upstream_started.elapsed());
-    gate.record(Err(failure), metrics);
-    backup_answer(
-        &parts,
-        &body,
-        peer_ip,
-        ctx,
-        backup,
-        Cause::Upstream(failure),
-        started,
-    )
+    if status == StatusCode::OK && !looks_like_token_response(&bytes) {
+        return Err(UpstreamFailure::Garbage);
+    }
+    captured.submit(status, bytes.clone(), ctx);
+    head.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(head, Either::Left(Full::new(bytes))))
 }
 
 /// A 200 token response is a JSON object with an `access_token`; anything else from a primary

@@ -213,7 +213,7 @@ const fn risk_code(r: RiskLevel) -> u8 {
 
 /// Unknown codes read back as `Unknown`: a record that passed its checksum was written by us,
 /// so this only matters across a future format change.
-const fn risk_from_code(c: u8) -> RiskLevel {
+pub const fn risk_from_code(c: u8) -> RiskLevel {
     match c {
         1 => RiskLevel::None,
         2 => RiskLevel::Low,
@@ -223,7 +223,8 @@ const fn risk_from_code(c: u8) -> RiskLevel {
     }
 }
 
-const fn compliance_code(c: DeviceCompliance) -> u8 {
+/// The on-disk byte of a compliance state.
+pub const fn compliance_code(c: DeviceCompliance) -> u8 {
     match c {
         DeviceCompliance::Unknown => 0,
         DeviceCompliance::Compliant => 1,
