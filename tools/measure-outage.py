@@ -2,7 +2,8 @@
 """Outage-mode server CPU per minted token, as a ratio to the floor, in one run.
 
 The floor (issue 5): server CPU per request of a bare hyper server answering a fixed body
-(`backstop-floor`) plus one bare signature of the same algorithm per token the response
+(`backstop-floor`, driven with the same refresh-grant requests, answering a body as long as
+backstop's token response) plus one bare signature of the same algorithm per token the response
 carries (`backstop bench-sign`, backstop's own signer; two with an ID token, one with
 --without-id-token), all measured in the same run as backstop.
 
@@ -51,8 +52,11 @@ def free_port():
     return port
 
 
+PIN = []
+
+
 def start(cmd, env=None, pattern=r"http://(\S+)"):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    p = subprocess.Popen(PIN + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = p.stdout.readline()
     m = re.search(pattern, line)
     if not m:
@@ -71,7 +75,7 @@ def admin(addr, method, path, body=None):
 
 
 def drive(pid, url, seconds, connections, script=None, env=None):
-    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    cmd = PIN + ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
     if script:
         cmd += ["-s", script]
     before = cpu_seconds(pid)
@@ -94,10 +98,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--spread", action="store_true",
+                    help="let client and servers use any vCPU (default: all on vCPU 0)")
     ap.add_argument("--without-id-token", action="store_true",
                     help="grants without openid: one token (one signature) per refresh")
     args = ap.parse_args()
     signatures = 1 if args.without_id_token else 2
+    # On this 2-vCPU VM a wake-up across vCPUs costs tens of microseconds, charged to the
+    # server's system time, and a slower server pays it on more requests (its client sleeps
+    # more often). Pinning client and server to one vCPU removes that artifact from both sides
+    # of the ratio; --spread shows it.
+    global PIN
+    PIN = [] if args.spread else ["taskset", "-c", "0"]
 
     tmp = tempfile.mkdtemp(prefix="backstop-outage-")
     port = free_port()
@@ -114,15 +126,15 @@ def main():
     try:
         mock, mock_addr = start([f"{BIN}/backstop-mock-primary"])
         procs.append(mock)
-        floor, floor_addr = start([f"{BIN}/backstop-floor", "127.0.0.1:0", "1"])
-        procs.append(floor)
+        # A token-sized floor response: measured below from one backup answer.
+        floor = None
         conf = os.path.join(tmp, "b.toml")
         with open(conf, "w") as f:
             f.write(f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\nworkers = 1\n'
                     f'issuer = "{issuer}"\ndata_dir = "{tmp}/data"\n'
                     f'[primary]\norigin = "http://{mock_addr}"\n[log]\nlevel = "warn"\n')
         env = dict(os.environ, BACKSTOP_ADMIN_TOKEN=ADMIN_TOKEN)
-        backstop = subprocess.Popen([f"{BIN}/backstop", "serve", "--config", conf], env=env,
+        backstop = subprocess.Popen(PIN + [f"{BIN}/backstop", "serve", "--config", conf], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(backstop)
         admin_addr = None
@@ -138,6 +150,16 @@ def main():
                 sys.exit("backstop never learned the token endpoint")
             time.sleep(0.1)
         admin(admin_addr, "POST", "/admin/mode", '{"mode":"outage"}')
+        with open(tokens) as f:
+            client_id, token = f.readline().split()[:2]
+        req = urllib.request.Request(f"{issuer}/token", method="POST", data=(
+            f"grant_type=refresh_token&client_id={client_id}&refresh_token={token}").encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            response_bytes = len(r.read())
+        floor, floor_addr = start([f"{BIN}/backstop-floor", "127.0.0.1:0", "1"],
+                                  env=dict(os.environ, BACKSTOP_FLOOR_BODY_BYTES=str(response_bytes)))
+        procs.append(floor)
 
         wrk_env = dict(os.environ, BACKSTOP_TOKENS=tokens)
         script = os.path.join(tmp, "refresh.lua")
@@ -145,10 +167,11 @@ def main():
             f.write(LUA)
         results = []
         for _ in range(args.rounds):
-            sign = json.loads(subprocess.run([f"{BIN}/backstop", "bench-sign", "--alg", args.alg,
+            sign = json.loads(subprocess.run(PIN + [f"{BIN}/backstop", "bench-sign", "--alg", args.alg,
                                               "--seconds", "1"], capture_output=True, text=True,
                                              check=True).stdout)
-            fl = drive(floor.pid, f"http://{floor_addr}/", args.seconds, args.connections)
+            fl = drive(floor.pid, f"http://{floor_addr}/token", args.seconds, args.connections,
+                       script, wrk_env)
             ours = drive(backstop.pid, f"{issuer}/token", args.seconds, args.connections,
                          script, wrk_env)
             floor_us = fl["cpu_us_per_req"] + signatures * sign["us_per_signature"]
@@ -161,6 +184,8 @@ def main():
                   f" ({r['backstop']['rps']:.0f} tokens/s, p99 {r['backstop']['p99']}) | ratio {r['ratio']:.3f}")
         ratios = sorted(r["ratio"] for r in results)
         print(json.dumps({"alg": args.alg, "signatures_per_token_response": signatures,
+                          "pinned_to_one_vcpu": not args.spread,
+                          "response_bytes": response_bytes,
                           "sessions": args.sessions, "connections": args.connections,
                           "seconds": args.seconds, "median_ratio": ratios[len(ratios) // 2],
                           "rounds": results}))

@@ -30,6 +30,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BODY: &[u8] = b"ok\n";
 
+/// The fixed body: `ok\n`, or `BACKSTOP_FLOOR_BODY_BYTES` bytes (so a floor for a token
+/// endpoint sends as much as a token response does: on loopback, the kernel's cost of a
+/// response grows with its size, in the sender's CPU time).
+fn body() -> Bytes {
+    match std::env::var("BACKSTOP_FLOOR_BODY_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) => Bytes::from(vec![b'a'; n]),
+        None => Bytes::from_static(BODY),
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr: SocketAddr = args
@@ -99,20 +112,25 @@ fn worker(listener: std::net::TcpListener, upstream: Option<Uri>) -> std::io::Re
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let upstream = std::rc::Rc::new(upstream);
+        let fixed = body();
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let client = client.clone();
             let upstream = upstream.clone();
+            let fixed = fixed.clone();
             tokio::task::spawn_local(async move {
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let client = client.clone();
                         let upstream = upstream.clone();
+                        let fixed = fixed.clone();
                         async move {
                             let Some(base) = upstream.as_ref() else {
+                                // Read the request body, as any endpoint taking a form must.
+                                let _ = req.into_body().collect().await;
                                 return Ok::<_, Infallible>(Response::new(Either::Left(
-                                    Full::new(Bytes::from_static(BODY)),
+                                    Full::new(fixed),
                                 )));
                             };
                             Ok(forward(&client, base, req).await)
