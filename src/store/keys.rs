@@ -49,8 +49,20 @@ impl RecordKey {
 /// The session-key secret. No `Debug`: it must never reach a log.
 pub struct SessionSecret([u8; SESSION_SECRET_BYTES]);
 
-/// The artifact pepper. No `Debug`.
-pub struct ArtifactPepper([u8; ARTIFACT_PEPPER_BYTES]);
+/// The artifact pepper, as an HMAC state already keyed with it (cloned per digest, so the
+/// key schedule's two compressions are paid once, at open). No `Debug`.
+pub struct ArtifactPepper(Hmac<Sha256>);
+
+impl ArtifactPepper {
+    fn new(pepper: &[u8; ARTIFACT_PEPPER_BYTES]) -> Self {
+        // INVARIANT: HMAC accepts keys of any length; `new_from_slice` cannot fail. The
+        // fallback keys with nothing rather than panic, and is unreachable.
+        Self(
+            Hmac::<Sha256>::new_from_slice(pepper)
+                .unwrap_or_else(|_| <Hmac<Sha256> as hmac::Mac>::new(&Default::default())),
+        )
+    }
+}
 
 /// Both secrets, loaded once at open.
 pub struct Keys {
@@ -66,7 +78,7 @@ impl Keys {
     ) -> Self {
         Keys {
             session: SessionSecret(session),
-            pepper: ArtifactPepper(pepper),
+            pepper: ArtifactPepper::new(&pepper),
         }
     }
 
@@ -145,10 +157,7 @@ impl Keys {
 
     /// HMAC-SHA-256 under the pepper over the kind byte and the raw credential.
     pub fn artifact_digest(&self, kind: ArtifactKind, raw: &[u8]) -> ArtifactDigest {
-        // INVARIANT: HMAC accepts keys of any length; new_from_slice cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.pepper.0) else {
-            return ArtifactDigest([0u8; 32]);
-        };
+        let mut mac = self.pepper.0.clone();
         mac.update(&[kind.code()]);
         mac.update(raw);
         ArtifactDigest(mac.finalize().into_bytes().into())
