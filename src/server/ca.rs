@@ -160,6 +160,19 @@ impl OutageChecks for CaChecks {
         };
         let auth_time = session.auth_time_secs.to_native();
         let family = artifact.family.as_str();
+        // The revocation check starts at the older of the snapshot's recording and the
+        // presented credential's issue. A later sign-in on the same device (another
+        // refresh-token family) refreshes the one snapshot; it must not revive a token the
+        // primary issued before a revocation event (DESIGN §6: the new sign-in's tokens return,
+        // not the old ones). Rule 1 sees the same time: an older time can only fall outside
+        // the window, never into the future, so it narrows what is served.
+        let recorded_at = session.recorded_at_secs.to_native();
+        let issued_at = artifact.issued_at_secs.to_native();
+        let since = if issued_at > 0 {
+            recorded_at.min(issued_at)
+        } else {
+            recorded_at
+        };
         let snapshot = SnapshotFacts {
             user: session.user.as_str(),
             device: Some(session.device.as_str()).filter(|d| !d.is_empty()),
@@ -167,7 +180,7 @@ impl OutageChecks for CaChecks {
             app: session.app.as_str(),
             home_tenant: session.home_tenant,
             auth_time_secs: (auth_time > 0).then_some(auth_time),
-            recorded_at_secs: session.recorded_at_secs.to_native(),
+            recorded_at_secs: since,
             expires_at_secs: session.expires_at_secs.to_native(),
             groups: &session.groups,
             roles: &session.roles,
