@@ -115,6 +115,10 @@ struct Setup<'a> {
     policy: Option<&'a Value>,
     /// The Shared Signals transmitter (none: receiver off).
     ssf: Option<&'a Transmitter>,
+    /// `[policy] reload_poll_ms` (none: 50, a quick watcher).
+    reload_poll_ms: Option<u64>,
+    /// Further TOML tables, as written.
+    tables: &'a str,
 }
 
 /// One test's world: the mock primary, a backstop on a fixed port (so a restart keeps its
@@ -148,8 +152,9 @@ impl World {
             let path = policy_dir.path().join("policies.json");
             write_policy(&path, doc);
             tables.push_str(&format!(
-                "[policy]\nfile = \"{}\"\nreload_poll_ms = 50\n",
-                path.display()
+                "[policy]\nfile = \"{}\"\nreload_poll_ms = {}\n",
+                path.display(),
+                setup.reload_poll_ms.unwrap_or(50)
             ));
             path
         });
@@ -159,6 +164,7 @@ impl World {
                 t.jwks_uri
             ));
         }
+        tables.push_str(setup.tables);
         let server = start_backstop(port, &tables, None);
         World {
             mock,
@@ -184,13 +190,19 @@ impl World {
     /// Signs `grant` in through backstop (code grant at the primary) and waits until its
     /// snapshot is captured; returns the refresh token.
     fn sign_in(&self, grant: GrantRequest) -> String {
+        self.sign_in_with(grant, "")
+    }
+
+    /// [`World::sign_in`] with extra request headers (each ending in CRLF).
+    fn sign_in_with(&self, grant: GrantRequest, extra_headers: &str) -> String {
         let before = metric(&self.server, "backstop_capture_captured_total");
         let code = self.mock.create_grant(grant).unwrap();
-        let reply = post_token(
+        let reply = post_token_with(
             self.server.addr,
             &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
+            extra_headers,
         );
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.status, 200, "{}", shown(&reply));
         wait_until("the sign-in captured", Duration::from_secs(10), || {
             metric(&self.server, "backstop_capture_captured_total") > before
         });
@@ -214,7 +226,7 @@ impl World {
             reply.status,
             200,
             "{who}: {}\n{}",
-            reply.text(),
+            shown(&reply),
             self.server.stderr()
         );
         assert!(json_of(&reply)["access_token"].is_string(), "{who}");
@@ -231,7 +243,7 @@ impl World {
         reason: &str,
     ) {
         let reply = self.refresh(refresh_token);
-        assert_eq!(reply.status, status, "{user}: {}", reply.text());
+        assert_eq!(reply.status, status, "{user}: {}", shown(&reply));
         assert_eq!(json_of(&reply)["error"], error, "{user}");
         if status == 503 {
             assert!(reply.header("retry-after").is_some(), "{user}: Retry-After");
@@ -268,7 +280,7 @@ impl World {
     /// `GET /admin/policies`: (ETag, body).
     fn policies(&self) -> (String, Value) {
         let reply = self.admin("GET", "/admin/policies", "", "");
-        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.status, 200, "{}", shown(&reply));
         let etag = reply.header("etag").unwrap().to_string();
         (etag, json_of(&reply))
     }
@@ -354,11 +366,15 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn post_token(addr: SocketAddr, body: &str) -> Reply {
+    post_token_with(addr, body, "")
+}
+
+fn post_token_with(addr: SocketAddr, body: &str, extra_headers: &str) -> Reply {
     let mut conn = Conn::open(addr);
     conn.send(
         format!(
             "POST /token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-             content-length: {}\r\n\r\n{body}",
+             {extra_headers}content-length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -368,7 +384,24 @@ fn post_token(addr: SocketAddr, body: &str) -> Reply {
 
 fn json_of(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|_| panic!("not JSON ({}): {}", reply.status, reply.text()))
+        .unwrap_or_else(|_| panic!("not JSON ({}): {}", reply.status, shown(reply)))
+}
+
+/// A reply body for an assertion message, with any token in it redacted: a test that fails
+/// because something was served must not print what was served.
+fn shown(reply: &Reply) -> String {
+    match serde_json::from_slice::<Value>(&reply.body) {
+        Ok(Value::Object(mut body)) => {
+            for (name, value) in &mut body {
+                if name.ends_with("_token") {
+                    *value = json!("<redacted>");
+                }
+            }
+            Value::Object(body).to_string()
+        }
+        Ok(_) | Err(_) if !reply.text().contains("eyJ") => reply.text(),
+        Ok(_) | Err(_) => format!("{} bytes, redacted", reply.body.len()),
+    }
 }
 
 fn metric(server: &Backstop, name: &str) -> f64 {
@@ -477,7 +510,7 @@ fn a_password_change_signalled_after_the_snapshot_refuses_that_user_and_no_one_e
         &json!({"credential_type": "password", "change_type": "update"}),
     );
     let reply = world.push_set(&transmitter, &set);
-    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.status, 202, "{}", shown(&reply));
 
     world.assert_refused(
         &alice,
@@ -526,7 +559,7 @@ fn a_revocation_signalled_as_a_set_applies_at_once_and_survives_a_restart() {
         &json!({}),
     );
     let reply = world.push_set(&transmitter, &set);
-    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.status, 202, "{}", shown(&reply));
     world.assert_refused(
         &carl,
         "carl",
@@ -553,7 +586,7 @@ fn a_revocation_signalled_as_a_set_applies_at_once_and_survives_a_restart() {
         "",
         "",
     );
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
     let listed = json_of(&reply)["revocations"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], "set-admin-revoke/0");
@@ -578,10 +611,10 @@ fn an_admin_api_revocation_is_idempotent_by_id_and_refuses_the_next_request() {
     })
     .to_string();
     let reply = world.admin("POST", "/admin/revocations", "", &event);
-    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.status, 201, "{}", shown(&reply));
     assert_eq!(json_of(&reply)["source"], "admin_api");
     let reply = world.admin("POST", "/admin/revocations", "", &event);
-    assert_eq!(reply.status, 200, "a repeat is a no-op: {}", reply.text());
+    assert_eq!(reply.status, 200, "a repeat is a no-op: {}", shown(&reply));
     let conflicting = json!({
         "id": "adm-1",
         "kind": "account_disabled",
@@ -590,7 +623,7 @@ fn an_admin_api_revocation_is_idempotent_by_id_and_refuses_the_next_request() {
     })
     .to_string();
     let reply = world.admin("POST", "/admin/revocations", "", &conflicting);
-    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert_eq!(reply.status, 409, "{}", shown(&reply));
     assert_eq!(json_of(&reply)["error"], "conflict");
 
     world.assert_refused(
@@ -605,6 +638,47 @@ fn an_admin_api_revocation_is_idempotent_by_id_and_refuses_the_next_request() {
     let listed = json_of(&reply)["revocations"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["subject"]["id"], "dora");
+}
+
+#[test]
+fn a_new_sign_in_after_a_revocation_restores_access_but_never_revives_a_token_issued_before_it() {
+    // The device header makes both sign-ins one device-user-app-resource: one snapshot.
+    let world = World::start(&Setup {
+        tables: "[capture]\ndevice_header = \"x-device-id\"\n",
+        ..Setup::default()
+    });
+    let device = "x-device-id: laptop-1\r\n";
+    let old = world.sign_in_with(grant("vera", &["pwd"], &[]), device);
+    let revoked_at = now_secs();
+    let event = json!({
+        "id": "adm-vera",
+        "kind": "sessions_revoked",
+        "subject": {"type": "user", "id": "vera"},
+        "time": revoked_at
+    })
+    .to_string();
+    let reply = world.admin("POST", "/admin/revocations", "", &event);
+    assert_eq!(reply.status, 201, "{}", shown(&reply));
+
+    // Vera signs in again at the primary after the event (a later second: event times and
+    // snapshot times are whole seconds, and an event denies what was recorded at or before it).
+    wait_until("the clock past the event", Duration::from_secs(3), || {
+        now_secs() > revoked_at
+    });
+    let new = world.sign_in_with(grant("vera", &["pwd"], &[]), device);
+    world.take_primary_down();
+
+    world.assert_served(
+        &new,
+        "vera's new sign-in (DESIGN §6: access returns by itself)",
+    );
+    world.assert_refused(
+        &old,
+        "vera",
+        400,
+        "invalid_grant",
+        "revoked_sessions_revoked",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,7 +753,7 @@ fn resilience_defaults_disabled_on_a_group_policy_refuses_members_and_non_member
         &format!("if-match: {etag}\r\n"),
         &group_policy(false).to_string(),
     );
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
     world.assert_served(&member, "gus, resilience defaults on");
     world.assert_served(&outsider, "olga, resilience defaults on");
 }
@@ -704,7 +778,7 @@ fn a_blocked_ip_range_containing_the_client_is_refused_and_one_not_containing_it
         &[ip_location("loopback", "127.0.0.1/32")],
     );
     let reply = world.admin("PUT", "/admin/policies", "", &here.to_string());
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
     world.assert_refused(&rt, "ivan", 400, "access_denied", "blocked_by_policy");
 }
 
@@ -799,7 +873,7 @@ fn b2b_guests_and_interactive_grants_are_refused_in_an_outage_with_their_reasons
         world.server.addr,
         &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
     );
-    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.status, 503, "{}", shown(&reply));
     assert_eq!(json_of(&reply)["error"], "temporarily_unavailable");
     assert!(reply.header("retry-after").is_some());
     assert!(json_of(&reply).get("access_token").is_none());
@@ -848,7 +922,7 @@ fn policy_changes_hot_reload_and_a_stale_or_bad_update_keeps_the_version_in_forc
         &format!("if-match: {v1}\r\n"),
         &empty.to_string(),
     );
-    assert_eq!(reply.status, 412, "{}", reply.text());
+    assert_eq!(reply.status, 412, "{}", shown(&reply));
     assert_eq!(json_of(&reply)["error"], "precondition_failed");
     assert_eq!(world.policies().0, v2);
 
@@ -862,7 +936,7 @@ fn policy_changes_hot_reload_and_a_stale_or_bad_update_keeps_the_version_in_forc
         &format!("if-match: {v2}\r\n"),
         &bad.to_string(),
     );
-    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.status, 400, "{}", shown(&reply));
     let description = json_of(&reply)["error_description"]
         .as_str()
         .unwrap()
@@ -899,7 +973,37 @@ fn policy_changes_hot_reload_and_a_stale_or_bad_update_keeps_the_version_in_forc
         &format!("if-match: {v2}\r\n"),
         &empty.to_string(),
     );
-    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
     assert_ne!(reply.header("etag").unwrap(), v2);
     world.assert_served(&rt, "paul, policies emptied");
+}
+
+#[test]
+fn sighup_reloads_the_policy_file_when_the_watcher_is_off() {
+    let empty = document(&[], &[]);
+    let world = World::start(&Setup {
+        policy: Some(&empty),
+        reload_poll_ms: Some(0),
+        ..Setup::default()
+    });
+    let policy_file = world.policy_file.clone().unwrap();
+    let rt = world.sign_in(grant("sara", &["pwd"], &[]));
+    world.take_primary_down();
+    world.assert_served(&rt, "sara, no policies");
+    let (v1, _) = world.policies();
+
+    write_policy(
+        &policy_file,
+        &document(
+            &[block_from("block-loopback", "loopback")],
+            &[ip_location("loopback", "127.0.0.1/32")],
+        ),
+    );
+    world.server.signal("HUP");
+    wait_until(
+        "the file reloaded on SIGHUP",
+        Duration::from_secs(10),
+        || world.policies().0 != v1,
+    );
+    world.assert_refused(&rt, "sara", 400, "access_denied", "blocked_by_policy");
 }
