@@ -175,7 +175,7 @@ impl OutageChecks for CaChecks {
         };
         let snapshot = SnapshotFacts {
             user: session.user.as_str(),
-            device: Some(session.device.as_str()).filter(|d| !d.is_empty()),
+            device: Some(revocation_device(session.device.as_str())).filter(|d| !d.is_empty()),
             session: Some(family).filter(|f| !f.is_empty()),
             app: session.app.as_str(),
             home_tenant: session.home_tenant,
@@ -214,6 +214,16 @@ impl OutageChecks for CaChecks {
     }
 }
 
+/// The device as revocation events name it. A device identity from the configured device
+/// header is stored with its source prefix (`hdr:`), but operators and transmitters name the
+/// device by the header's value, the client's own device id: without the prefix. Identities
+/// from a DPoP key or the refresh-token family keep theirs (no one outside names those).
+fn revocation_device(stored: &str) -> &str {
+    stored
+        .strip_prefix(crate::gateway::capture::DEVICE_PREFIX_HEADER)
+        .unwrap_or(stored)
+}
+
 /// The store's risk code as the policy engine's level; unknown stays unknown.
 fn risk(code: u8) -> Option<RiskLevel> {
     match code {
@@ -249,4 +259,17 @@ pub(crate) fn client_ip(
         None => Vec::new(),
     };
     crate::policy::client_ip(peer, values, cfg).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revocation_device;
+
+    #[test]
+    fn a_header_device_is_named_by_its_value_and_other_identities_keep_their_prefix() {
+        assert_eq!(revocation_device("hdr:phone-7"), "phone-7");
+        assert_eq!(revocation_device("jkt:0ZcOCORZNYy"), "jkt:0ZcOCORZNYy");
+        assert_eq!(revocation_device("family:f-1"), "family:f-1");
+        assert_eq!(revocation_device(""), "");
+    }
 }
