@@ -91,12 +91,18 @@ impl Transmitter {
 
     /// A signed SET about user `sub` carrying one event of `event_type`.
     fn set(&self, jti: &str, sub: &str, event_type: &str, payload: &Value) -> String {
+        let user = json!({"format": "iss_sub", "iss": "https://idp.example.com", "sub": sub});
+        self.set_about(jti, &user, event_type, payload)
+    }
+
+    /// A signed SET about the RFC 9493 subject `sub_id` carrying one event of `event_type`.
+    fn set_about(&self, jti: &str, sub_id: &Value, event_type: &str, payload: &Value) -> String {
         let claims = json!({
             "iss": SSF_ISSUER,
             "aud": SSF_AUDIENCE,
             "iat": now_secs(),
             "jti": jti,
-            "sub_id": {"format": "iss_sub", "iss": "https://idp.example.com", "sub": sub},
+            "sub_id": sub_id,
             "events": { event_type: payload },
         });
         let header = json!({"alg": "ES256", "typ": "secevent+jwt", "kid": self.key.kid()});
@@ -658,6 +664,8 @@ fn an_admin_api_revocation_is_idempotent_by_id_and_refuses_the_next_request() {
     assert_eq!(listed[0]["subject"]["id"], "dora");
 }
 
+/// Regression: the revocation check started at the snapshot's `recorded_at`, which a later
+/// sign-in on the same device moves past the event, so the revoked token was served again.
 #[test]
 fn a_new_sign_in_after_a_revocation_restores_access_but_never_revives_a_token_issued_before_it() {
     // The device header makes both sign-ins one device-user-app-resource: one snapshot.
@@ -694,6 +702,63 @@ fn a_new_sign_in_after_a_revocation_restores_access_but_never_revives_a_token_is
         400,
         "invalid_grant",
         "revoked_sessions_revoked",
+    );
+}
+
+/// Regression: a device identity from `[capture] device_header` is stored as `hdr:<value>`,
+/// and device revocations (which name the device by its value) never matched it.
+#[test]
+fn device_revocations_from_the_admin_api_and_shared_signals_match_the_device_the_client_names() {
+    let transmitter = Transmitter::start();
+    let world = World::start(&Setup {
+        ssf: Some(&transmitter),
+        tables: "[capture]\ndevice_header = \"x-device-id\"\n",
+        ..Setup::default()
+    });
+    let lost = world.sign_in_with(grant("walt", &["pwd"], &[]), "x-device-id: phone-7\r\n");
+    let kept = world.sign_in_with(grant("walt", &["pwd"], &[]), "x-device-id: laptop-2\r\n");
+    world.take_primary_down();
+    world.assert_served(&lost, "walt");
+
+    let event = json!({
+        "id": "adm-phone-7",
+        "kind": "device_not_compliant",
+        "subject": {"type": "device", "id": "phone-7"},
+        "time": now_secs()
+    })
+    .to_string();
+    let reply = world.admin("POST", "/admin/revocations", "", &event);
+    assert_eq!(reply.status, 201, "{}", shown(&reply));
+    world.assert_refused(
+        &lost,
+        "walt",
+        400,
+        "invalid_grant",
+        "revoked_device_not_compliant",
+    );
+    world.assert_served(&kept, "walt");
+
+    // CAEP device-compliance-change about the other device (a complex subject: this user on
+    // this device) refuses that one too.
+    let subject = json!({
+        "format": "complex",
+        "user": {"format": "iss_sub", "iss": "https://idp.example.com", "sub": "walt"},
+        "device": {"format": "opaque", "id": "laptop-2"}
+    });
+    let set = transmitter.set_about(
+        "set-laptop-2",
+        &subject,
+        &format!("{CAEP}device-compliance-change"),
+        &json!({"previous_status": "compliant", "current_status": "not-compliant"}),
+    );
+    let reply = world.push_set(&transmitter, &set);
+    assert_eq!(reply.status, 202, "{}", shown(&reply));
+    world.assert_refused(
+        &kept,
+        "walt",
+        400,
+        "invalid_grant",
+        "revoked_device_not_compliant",
     );
 }
 
