@@ -123,6 +123,8 @@ struct Setup<'a> {
     ssf: Option<&'a Transmitter>,
     /// `[policy] reload_poll_ms` (none: 50, a quick watcher).
     reload_poll_ms: Option<u64>,
+    /// Further `[policy]` fields, as written (with a policy file only).
+    policy_fields: &'a str,
     /// Further TOML tables, as written.
     tables: &'a str,
 }
@@ -158,9 +160,10 @@ impl World {
             let path = policy_dir.path().join("policies.json");
             write_policy(&path, doc);
             tables.push_str(&format!(
-                "[policy]\nfile = \"{}\"\nreload_poll_ms = {}\n",
+                "[policy]\nfile = \"{}\"\nreload_poll_ms = {}\n{}",
                 path.display(),
-                setup.reload_poll_ms.unwrap_or(50)
+                setup.reload_poll_ms.unwrap_or(50),
+                setup.policy_fields
             ));
             path
         });
@@ -219,9 +222,15 @@ impl World {
     }
 
     fn refresh(&self, refresh_token: &str) -> Reply {
-        post_token(
+        self.refresh_with(refresh_token, "")
+    }
+
+    /// A refresh with extra request headers (each ending in CRLF).
+    fn refresh_with(&self, refresh_token: &str, extra_headers: &str) -> Reply {
+        post_token_with(
             self.server.addr,
             &format!("grant_type=refresh_token&refresh_token={refresh_token}&client_id={CLIENT}"),
+            extra_headers,
         )
     }
 
@@ -662,6 +671,24 @@ fn an_admin_api_revocation_is_idempotent_by_id_and_refuses_the_next_request() {
     let listed = json_of(&reply)["revocations"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["subject"]["id"], "dora");
+
+    // An app subject: every session of the client.
+    let event = json!({
+        "id": "adm-app",
+        "kind": "app_consent_revoked",
+        "subject": {"type": "app", "id": CLIENT},
+        "time": now_secs()
+    })
+    .to_string();
+    let reply = world.admin("POST", "/admin/revocations", "", &event);
+    assert_eq!(reply.status, 201, "{}", shown(&reply));
+    world.assert_refused(
+        &erin,
+        "erin",
+        400,
+        "invalid_grant",
+        "revoked_app_consent_revoked",
+    );
 }
 
 /// Regression: the revocation check started at the snapshot's `recorded_at`, which a later
@@ -861,6 +888,40 @@ fn a_blocked_ip_range_containing_the_client_is_refused_and_one_not_containing_it
     let reply = world.admin("PUT", "/admin/policies", "", &here.to_string());
     assert_eq!(reply.status, 200, "{}", shown(&reply));
     world.assert_refused(&rt, "ivan", 400, "access_denied", "blocked_by_policy");
+    // No trusted proxy is configured: a client's own X-Forwarded-For moves it nowhere.
+    let reply = world.refresh_with(&rt, "x-forwarded-for: 192.0.2.5\r\n");
+    assert_eq!(reply.status, 400, "a spoofed address: {}", shown(&reply));
+    assert_eq!(json_of(&reply)["error"], "access_denied");
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_forwarded_client_address_is_placed_in_named_locations() {
+    let doc = document(
+        &[block_from("block-office", "office")],
+        &[ip_location("office", "10.0.0.0/8")],
+    );
+    let world = World::start(&Setup {
+        policy: Some(&doc),
+        policy_fields: "trusted_proxies = [\"127.0.0.1/32\"]\nclient_ip_header = \"x-forwarded-for\"\n",
+        ..Setup::default()
+    });
+    let rt = world.sign_in(grant("tom", &["pwd"], &[]));
+    world.take_primary_down();
+
+    // The peer (127.0.0.1) is a trusted proxy: the client is the header's address.
+    let reply = world.refresh_with(&rt, "x-forwarded-for: 192.0.2.5\r\n");
+    assert_eq!(reply.status, 200, "outside the range: {}", shown(&reply));
+    let before = world.decisions("tom", "refused", "blocked_by_policy");
+    let reply = world.refresh_with(&rt, "x-forwarded-for: 192.0.2.5, 10.1.2.3\r\n");
+    assert_eq!(reply.status, 400, "inside the range: {}", shown(&reply));
+    assert_eq!(json_of(&reply)["error"], "access_denied");
+    world.wait_for_decision(before, "tom", "refused", "blocked_by_policy");
+    // A header that cannot be read: the location cannot be placed, so nothing is served.
+    let before = world.decisions("tom", "refused", "client_ip_unknown");
+    let reply = world.refresh_with(&rt, "x-forwarded-for: not-an-address\r\n");
+    assert_eq!(reply.status, 503, "unreadable: {}", shown(&reply));
+    assert_eq!(json_of(&reply)["error"], "temporarily_unavailable");
+    world.wait_for_decision(before, "tom", "refused", "client_ip_unknown");
 }
 
 #[test]
