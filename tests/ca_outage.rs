@@ -97,6 +97,19 @@ impl Transmitter {
 
     /// A signed SET about the RFC 9493 subject `sub_id` carrying one event of `event_type`.
     fn set_about(&self, jti: &str, sub_id: &Value, event_type: &str, payload: &Value) -> String {
+        self.set_signed_by(&self.key, jti, sub_id, event_type, payload)
+    }
+
+    /// [`Transmitter::set_about`] signed with `key` under the transmitter's `kid` (a forgery
+    /// unless `key` is the transmitter's).
+    fn set_signed_by(
+        &self,
+        key: &SigningKey,
+        jti: &str,
+        sub_id: &Value,
+        event_type: &str,
+        payload: &Value,
+    ) -> String {
         let claims = json!({
             "iss": SSF_ISSUER,
             "aud": SSF_AUDIENCE,
@@ -107,7 +120,7 @@ impl Transmitter {
         });
         let header = json!({"alg": "ES256", "typ": "secevent+jwt", "kid": self.key.kid()});
         support::sign_raw(
-            &*support::signer(&self.key),
+            &*support::signer(key),
             &header.to_string(),
             &claims.to_string(),
         )
@@ -551,6 +564,20 @@ fn a_password_change_signalled_after_the_snapshot_refuses_that_user_and_no_one_e
         "invalid_grant",
         "revoked_credential_change",
     );
+    world.assert_served(&bob, "bob");
+
+    // A forged SET (another key under the transmitter's kid) is refused and revokes nothing.
+    let impostor = SigningKey::generate(SigningAlg::Es256).unwrap();
+    let forged = transmitter.set_signed_by(
+        &impostor,
+        "set-forged",
+        &json!({"format": "iss_sub", "iss": "https://idp.example.com", "sub": "bob"}),
+        &format!("{CAEP}credential-change"),
+        &json!({"credential_type": "password", "change_type": "update"}),
+    );
+    let reply = world.push_set(&transmitter, &forged);
+    assert_eq!(reply.status, 400, "{}", shown(&reply));
+    assert_eq!(json_of(&reply)["err"], "invalid_key");
     world.assert_served(&bob, "bob");
 
     // RISC account-credential-change-required refuses the same way (bob this time).
