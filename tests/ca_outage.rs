@@ -842,6 +842,46 @@ fn a_policy_requiring_mfa_serves_a_session_with_mfa_and_refuses_one_without() {
 }
 
 #[test]
+fn a_policy_requiring_a_compliant_device_serves_only_sessions_recorded_as_compliant() {
+    let doc = document(
+        &[policy(
+            "require-compliant",
+            "enabled",
+            &json!({"grantControls": {"operator": "OR", "builtInControls": ["compliantDevice"]}}),
+        )],
+        &[],
+    );
+    let world = World::start(&Setup {
+        policy: Some(&doc),
+        tables: "[capture]\ndevice_compliance_claim = \"device_compliant\"\n",
+        ..Setup::default()
+    });
+    let mut managed = grant("cora", &["pwd"], &[]);
+    managed
+        .extra_claims
+        .insert("device_compliant".into(), json!(true));
+    let managed = world.sign_in(managed);
+    let mut unmanaged = grant("cole", &["pwd"], &[]);
+    unmanaged
+        .extra_claims
+        .insert("device_compliant".into(), json!(false));
+    let unmanaged = world.sign_in(unmanaged);
+    let unknown = world.sign_in(grant("cyd", &["pwd"], &[]));
+    world.take_primary_down();
+
+    world.assert_served(&managed, "cora");
+    for (rt, user) in [(&unmanaged, "cole"), (&unknown, "cyd")] {
+        world.assert_refused(
+            rt,
+            user,
+            400,
+            "interaction_required",
+            "compliant_device_required",
+        );
+    }
+}
+
+#[test]
 fn resilience_defaults_disabled_on_a_group_policy_refuses_members_and_non_members_alike() {
     let group_policy = |disable: bool| {
         document(
