@@ -160,14 +160,27 @@ impl OutageChecks for CaChecks {
         };
         let auth_time = session.auth_time_secs.to_native();
         let family = artifact.family.as_str();
+        // The revocation check starts at the older of the snapshot's recording and the
+        // presented credential's issue. A later sign-in on the same device (another
+        // refresh-token family) refreshes the one snapshot; it must not revive a token the
+        // primary issued before a revocation event (DESIGN §6: the new sign-in's tokens return,
+        // not the old ones). Rule 1 sees the same time: an older time can only fall outside
+        // the window, never into the future, so it narrows what is served.
+        let recorded_at = session.recorded_at_secs.to_native();
+        let issued_at = artifact.issued_at_secs.to_native();
+        let since = if issued_at > 0 {
+            recorded_at.min(issued_at)
+        } else {
+            recorded_at
+        };
         let snapshot = SnapshotFacts {
             user: session.user.as_str(),
-            device: Some(session.device.as_str()).filter(|d| !d.is_empty()),
+            device: Some(revocation_device(session.device.as_str())).filter(|d| !d.is_empty()),
             session: Some(family).filter(|f| !f.is_empty()),
             app: session.app.as_str(),
             home_tenant: session.home_tenant,
             auth_time_secs: (auth_time > 0).then_some(auth_time),
-            recorded_at_secs: session.recorded_at_secs.to_native(),
+            recorded_at_secs: since,
             expires_at_secs: session.expires_at_secs.to_native(),
             groups: &session.groups,
             roles: &session.roles,
@@ -212,6 +225,16 @@ impl OutageChecks for CaChecks {
     }
 }
 
+/// The device as revocation events name it. A device identity from the configured device
+/// header is stored with its source prefix (`hdr:`), but operators and transmitters name the
+/// device by the header's value, the client's own device id: without the prefix. Identities
+/// from a DPoP key or the refresh-token family keep theirs (no one outside names those).
+fn revocation_device(stored: &str) -> &str {
+    stored
+        .strip_prefix(crate::gateway::capture::DEVICE_PREFIX_HEADER)
+        .unwrap_or(stored)
+}
+
 /// The store's risk code as the policy engine's level; unknown stays unknown.
 fn risk(code: u8) -> Option<RiskLevel> {
     match crate::store::format::risk_from_code(code) {
@@ -239,4 +262,17 @@ pub(crate) fn client_ip(
         None => Vec::new(),
     };
     crate::policy::client_ip(peer, values, cfg).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revocation_device;
+
+    #[test]
+    fn a_header_device_is_named_by_its_value_and_other_identities_keep_their_prefix() {
+        assert_eq!(revocation_device("hdr:phone-7"), "phone-7");
+        assert_eq!(revocation_device("jkt:0ZcOCORZNYy"), "jkt:0ZcOCORZNYy");
+        assert_eq!(revocation_device("family:f-1"), "family:f-1");
+        assert_eq!(revocation_device(""), "");
+    }
 }

@@ -246,6 +246,10 @@ pub struct GrantRequest {
     /// PKCE S256 challenge; when set, the redemption must send the `code_verifier`.
     #[serde(default)]
     pub code_challenge: Option<String>,
+    /// Further claims for both tokens (e.g. Entra's `acct` guest marker), written after the
+    /// standard ones: a name used by both replaces the standard claim.
+    #[serde(default)]
+    pub extra_claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl GrantRequest {

@@ -501,6 +501,7 @@ impl Provider {
         if let Some(jkt) = &jkt {
             at.insert("cnf".into(), json!({ "jkt": jkt }));
         }
+        at.extend(req.extra_claims.clone());
         let id_claims = if scope.split(' ').any(|s| s == "openid") {
             let mut id = Map::new();
             id.insert("iss".into(), json!(input.issuer));
@@ -524,6 +525,7 @@ impl Provider {
             if let Some(device) = &req.device {
                 id.insert("device_id".into(), json!(device));
             }
+            id.extend(req.extra_claims.clone());
             Some(Value::Object(id))
         } else {
             None
