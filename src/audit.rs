@@ -76,7 +76,8 @@ pub enum AuditEvent {
         /// The session's user, once the refresh token's record was found.
         user: String,
         /// The session's routing key (keyed hash, hex), once known.
-        session_key: String,
+        #[serde(serialize_with = "hex128")]
+        session_key: Option<u128>,
         /// `served` or `refused`.
         decision: &'static str,
         /// `served`, or the machine reason of the refusal.
@@ -94,6 +95,15 @@ pub enum AuditEvent {
         /// Time from request head to decision, microseconds.
         latency_us: u64,
     },
+}
+
+/// A session key as 32 lowercase hex digits (empty when unknown), formatted on the writer
+/// thread rather than the request path.
+fn hex128<S: serde::Serializer>(key: &Option<u128>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => s.collect_str(&format_args!("{k:032x}")),
+        None => s.serialize_str(""),
+    }
 }
 
 /// Limits of the audit log.

@@ -279,7 +279,7 @@ pub struct Subject {
     /// The session's user, once the artifact was found.
     pub user: String,
     /// The session's routing key (keyed hash), hex, once the identity was known.
-    pub session_key: String,
+    pub session_key: Option<u128>,
     /// The grant type as sent.
     pub grant_type: String,
 }
@@ -364,7 +364,21 @@ pub fn serve_refresh(
             return Decision::malformed(e, subject);
         }
     };
-    subject.grant_type = request.grant_type().to_string();
+    serve_parsed(req, request, env, minters)
+}
+
+/// [`serve_refresh`] for a request the caller has already parsed (from `req.body`, with
+/// `req.authorization`): the server parses once, before choosing the mode.
+pub fn serve_parsed(
+    req: &OutageRequest<'_>,
+    request: TokenRequest<'_>,
+    env: &OutageEnv<'_>,
+    minters: &mut Minters,
+) -> Decision {
+    let mut subject = Subject {
+        grant_type: request.grant_type().to_string(),
+        ..Subject::default()
+    };
     let TokenRequest::RefreshToken {
         client,
         refresh_token,
@@ -422,7 +436,7 @@ pub fn serve_refresh(
         app: artifact.app.as_str().to_owned(),
         resource: resource.to_owned(),
     };
-    subject.session_key = format!("{:032x}", env.store.session_key(&identity).0);
+    subject.session_key = Some(env.store.session_key(&identity).0);
     let Some(session) = env.store.get_session(&identity, env.now_secs) else {
         return Decision::refuse(Refusal::NoSnapshot, subject);
     };

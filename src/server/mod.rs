@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) public_addr: SocketAddr,
     /// The issuer, resolved: the configured one, or `http://` + the bound public address.
     pub(crate) issuer: String,
+    /// The issuer's scheme and authority (DPoP `htu` is this plus the request path).
+    pub(crate) issuer_origin: String,
     /// The operator's forced mode (`gate::mode_code`), read by every worker per request.
     pub(crate) mode: AtomicU8,
     /// Each worker's breaker state (`gate::breaker_code`), written only by that worker.
@@ -288,6 +290,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         started: Instant::now(),
         draining: AtomicBool::new(false),
         public_addr,
+        issuer_origin: metadata::issuer_origin(&issuer),
         issuer,
         published_keys,
         metadata,

@@ -109,26 +109,23 @@ pub(crate) async fn handle(
     // Strict parse in both modes: what the primary would refuse anyway never costs it a
     // request, and a malformed request is never "served" by the backup.
     let authorization = single_header(&parts.headers, header::AUTHORIZATION);
-    let captured = {
-        let form = match outage::parse_form(&body) {
-            Ok(f) => f,
-            Err(e) => return request_error(e, metrics),
-        };
-        let request = match TokenRequest::parse(&form, authorization.ok().flatten()) {
-            Ok(r) => r,
-            Err(e) => return request_error(e, metrics),
-        };
-        if authorization.is_err() {
-            return request_error(
-                RequestError::new(
-                    OAuthError::InvalidRequest,
-                    "more than one Authorization header",
-                ),
-                metrics,
-            );
-        }
-        super::capture::Pending::from_request(&request, &parts.headers, ctx)
+    let form = match outage::parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return request_error(e, metrics),
     };
+    let request = match TokenRequest::parse(&form, authorization.ok().flatten()) {
+        Ok(r) => r,
+        Err(e) => return request_error(e, metrics),
+    };
+    if authorization.is_err() {
+        return request_error(
+            RequestError::new(
+                OAuthError::InvalidRequest,
+                "more than one Authorization header",
+            ),
+            metrics,
+        );
+    }
 
     if gate.route(metrics) == Destination::Backup {
         let cause = if super::gate::mode_from_code(
@@ -139,8 +136,21 @@ pub(crate) async fn handle(
         } else {
             Cause::BreakerOpen
         };
-        return backup_answer(&parts, &body, peer_ip, ctx, backup, cause, started);
+        return backup_answer(
+            &parts,
+            &body,
+            Some(request),
+            peer_ip,
+            ctx,
+            backup,
+            cause,
+            started,
+        );
     }
+    // Forwarding: keep what capture needs (digests, not credentials) before the body goes.
+    let captured = super::capture::Pending::from_request(&request, &parts.headers, ctx);
+    drop(request);
+    drop(form);
 
     let upstream_started = Instant::now();
     let outcome = forward(gate, parts.clone(), body.clone(), peer_ip, captured, ctx).await;
@@ -158,6 +168,7 @@ pub(crate) async fn handle(
             backup_answer(
                 &parts,
                 &body,
+                None,
                 peer_ip,
                 ctx,
                 backup,
@@ -259,9 +270,12 @@ fn error_reply(error: OAuthError, description: &str, retry_after_secs: u64) -> R
 }
 
 /// Answers from the backup, records the decision (metrics, audit) and shapes the response.
+/// `parsed` is the request already parsed from `body`, when the caller still holds it.
+#[allow(clippy::too_many_arguments)]
 fn backup_answer(
     parts: &hyper::http::request::Parts,
     body: &Bytes,
+    parsed: Option<TokenRequest<'_>>,
     peer_ip: &HeaderValue,
     ctx: &HandlerCtx,
     backup: &WorkerBackup,
@@ -292,11 +306,9 @@ fn backup_answer(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
     };
-    let token_url = format!(
-        "{}{}",
-        super::metadata::issuer_origin(&shared.issuer),
-        parts.uri.path()
-    );
+    let mut token_url = String::with_capacity(shared.issuer_origin.len() + parts.uri.path().len());
+    token_url.push_str(&shared.issuer_origin);
+    token_url.push_str(parts.uri.path());
     let env = OutageEnv {
         store: &shared.store,
         token_url: &token_url,
@@ -306,7 +318,10 @@ fn backup_answer(
         now_secs: i64::try_from(unix_now_secs()).unwrap_or(i64::MAX),
     };
     let decision = match backup.minters.try_borrow_mut() {
-        Ok(mut minters) => outage::serve_refresh(&request, &env, &mut minters),
+        Ok(mut minters) => match parsed {
+            Some(parsed) => outage::serve_parsed(&request, parsed, &env, &mut minters),
+            None => outage::serve_refresh(&request, &env, &mut minters),
+        },
         // Unreachable: the borrow never spans an await. Refuse rather than panic.
         Err(_) => {
             tracing::error!("worker minters already borrowed");
