@@ -52,6 +52,22 @@ fn lookup_compares_every_identifier() {
 }
 
 #[test]
+fn a_borrowed_identity_finds_exactly_what_the_owned_one_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = sample_snapshot(1, FAR);
+    block(store.put_session(&s)).unwrap();
+    let (key, found) = store.get_session_ref(&s.identity.as_ref(), 0);
+    assert_eq!(key, store.session_key(&s.identity));
+    assert_eq!(found.unwrap().to_snapshot(), s);
+    let mut other = s.identity.clone();
+    other.app.push('x');
+    assert!(store.get_session_ref(&other.as_ref(), 0).1.is_none());
+    // Expired is missing, as for the owned lookup.
+    assert!(store.get_session_ref(&s.identity.as_ref(), FAR).1.is_none());
+}
+
+#[test]
 fn artifacts_are_found_by_full_digest_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use crate::protocol::{ClientAuth, Form, OAuthError, RequestError, TokenRequest};
 use crate::store::{
-    ArtifactKind, ArtifactState, ArtifactView, ClientAuthMethod, SessionIdentity, SessionView,
+    ArtifactKind, ArtifactState, ArtifactView, ClientAuthMethod, SessionIdentityRef, SessionView,
     Store,
 };
 use crate::token::alg::SigningAlg;
@@ -429,15 +429,16 @@ pub fn serve_parsed(
         [one] => one,
         _ => return Decision::refuse(Refusal::MultipleResources, subject),
     };
-    let identity = SessionIdentity {
-        tenant: artifact.tenant.as_str().to_owned(),
-        user: artifact.user.as_str().to_owned(),
-        device: artifact.device.as_str().to_owned(),
-        app: artifact.app.as_str().to_owned(),
-        resource: resource.to_owned(),
+    let identity = SessionIdentityRef {
+        tenant: artifact.tenant.as_str(),
+        user: artifact.user.as_str(),
+        device: artifact.device.as_str(),
+        app: artifact.app.as_str(),
+        resource,
     };
-    subject.session_key = Some(env.store.session_key(&identity).0);
-    let Some(session) = env.store.get_session(&identity, env.now_secs) else {
+    let (key, session) = env.store.get_session_ref(&identity, env.now_secs);
+    subject.session_key = Some(key.0);
+    let Some(session) = session else {
         return Decision::refuse(Refusal::NoSnapshot, subject);
     };
 
@@ -710,7 +711,8 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        ArtifactRecord, DeviceCompliance, RiskLevel, SessionSnapshot, StoreOpts, TokenTemplate,
+        ArtifactRecord, DeviceCompliance, RiskLevel, SessionIdentity, SessionSnapshot, StoreOpts,
+        TokenTemplate,
     };
     use crate::token::jws::{JwtPolicy, TypRule, verify_jwt};
     use crate::token::mint::{PrimaryTokenShape, build_template};

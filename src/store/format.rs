@@ -339,6 +339,11 @@ impl DiskSession {
 impl ArchivedDiskSession {
     /// Whether this record belongs to exactly `id` (all five identifiers, byte for byte).
     pub fn is_identity(&self, id: &SessionIdentity) -> bool {
+        self.is_identity_ref(&id.as_ref())
+    }
+
+    /// [`ArchivedDiskSession::is_identity`] for a borrowed identity.
+    pub fn is_identity_ref(&self, id: &super::model::SessionIdentityRef<'_>) -> bool {
         self.tenant.as_str() == id.tenant
             && self.user.as_str() == id.user
             && self.device.as_str() == id.device

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::error::StoreError;
-use super::model::{ArtifactDigest, ArtifactKind, SessionIdentity};
+use super::model::{ArtifactDigest, ArtifactKind, SessionIdentity, SessionIdentityRef};
 
 /// File holding the xxh3 secret for session keys.
 pub const SESSION_SECRET_FILE: &str = "session-key.secret";
@@ -104,7 +104,12 @@ impl Keys {
     /// Keyed xxh3-128 over the length-prefixed identifiers. The length prefixes make the
     /// encoding injective: ("ab","c") and ("a","bc") hash different inputs.
     pub fn session_key(&self, id: &SessionIdentity) -> RecordKey {
-        let fields = [&id.tenant, &id.user, &id.device, &id.app, &id.resource];
+        self.session_key_ref(&id.as_ref())
+    }
+
+    /// [`Keys::session_key`] of a borrowed identity.
+    pub fn session_key_ref(&self, id: &SessionIdentityRef<'_>) -> RecordKey {
+        let fields = [id.tenant, id.user, id.device, id.app, id.resource];
         let total: usize = 1 + fields.iter().map(|f| f.len() + 4).sum::<usize>();
         // On the lookup path: typical identities fit a stack buffer, so no allocation.
         let mut stack = [0u8; 512];

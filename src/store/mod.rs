@@ -42,7 +42,8 @@ pub use mapped::{
 };
 pub use model::{
     ArtifactDigest, ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod,
-    DeviceCompliance, RevocationRecord, RiskLevel, SessionIdentity, SessionSnapshot, TokenTemplate,
+    DeviceCompliance, RevocationRecord, RiskLevel, SessionIdentity, SessionIdentityRef,
+    SessionSnapshot, TokenTemplate,
 };
 pub use wal::{StdWalBackend, WalBackend, WalFile};
 
@@ -558,6 +559,23 @@ impl Store {
         let s = self.engine.core.lookup(key)?.into_session()?;
         // Hash to find, compare to match: a key collision never returns another session.
         (s.is_identity(id) && s.expires_at_secs() > now_secs).then_some(s)
+    }
+
+    /// [`Store::get_session`] for a borrowed identity; also returns the session's routing key
+    /// (for the audit record), computed once.
+    pub fn get_session_ref(
+        &self,
+        id: &SessionIdentityRef<'_>,
+        now_secs: i64,
+    ) -> (RecordKey, Option<SessionView>) {
+        let key = self.engine.core.keys.session_key_ref(id);
+        let found = self
+            .engine
+            .core
+            .lookup(key)
+            .and_then(|r| r.into_session())
+            .filter(|s| s.is_identity_ref(id) && s.expires_at_secs() > now_secs);
+        (key, found)
     }
 
     /// The artifact record of exactly `digest` (compared in constant time), if not expired.

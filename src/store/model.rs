@@ -17,6 +17,35 @@ pub struct SessionIdentity {
     pub resource: String,
 }
 
+impl SessionIdentity {
+    /// The identity borrowed, for lookups.
+    pub fn as_ref(&self) -> SessionIdentityRef<'_> {
+        SessionIdentityRef {
+            tenant: &self.tenant,
+            user: &self.user,
+            device: &self.device,
+            app: &self.app,
+            resource: &self.resource,
+        }
+    }
+}
+
+/// [`SessionIdentity`] borrowed: what a lookup needs, built without allocating (the outage
+/// path takes four of the five identifiers from the artifact record it just read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionIdentityRef<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// User.
+    pub user: &'a str,
+    /// Device.
+    pub device: &'a str,
+    /// Application.
+    pub app: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+}
+
 /// A risk level as the primary reported it at sign-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RiskLevel {
