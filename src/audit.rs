@@ -65,12 +65,13 @@ pub enum AuditEvent {
     /// The backup answered a token request (served or refused). Identifiers only: never a
     /// token, cookie or secret.
     BackupDecision {
-        /// `w{worker}-{n}`: unique within this process run.
-        request_id: String,
+        /// `(worker, n)`, written `w{worker}-{n}`: unique within this process run.
+        #[serde(serialize_with = "serialize_request_id")]
+        request_id: (usize, u64),
         /// The worker.
         worker: usize,
         /// The grant type as sent.
-        grant_type: String,
+        grant_type: std::borrow::Cow<'static, str>,
         /// `client_id`, when known.
         client: String,
         /// The session's user, once the refresh token's record was found.
@@ -104,6 +105,11 @@ fn hex128<S: serde::Serializer>(key: &Option<u128>, s: S) -> Result<S::Ok, S::Er
         Some(k) => s.collect_str(&format_args!("{k:032x}")),
         None => s.serialize_str(""),
     }
+}
+
+/// A request id as `w{worker}-{n}`, formatted on the writer thread.
+fn serialize_request_id<S: serde::Serializer>(id: &(usize, u64), s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("w{}-{}", id.0, id.1))
 }
 
 /// Limits of the audit log.

@@ -281,7 +281,7 @@ pub struct Subject {
     /// The session's routing key (keyed hash), hex, once the identity was known.
     pub session_key: Option<u128>,
     /// The grant type as sent.
-    pub grant_type: String,
+    pub grant_type: std::borrow::Cow<'static, str>,
 }
 
 /// The outcome of one outage-mode request.
@@ -360,7 +360,11 @@ pub fn serve_refresh(
     let request = match TokenRequest::parse(&form, req.authorization) {
         Ok(r) => r,
         Err(e) => {
-            subject.grant_type = form.get("grant_type").unwrap_or_default().to_string();
+            subject.grant_type = form
+                .get("grant_type")
+                .unwrap_or_default()
+                .to_string()
+                .into();
             return Decision::malformed(e, subject);
         }
     };
@@ -376,7 +380,13 @@ pub fn serve_parsed(
     minters: &mut Minters,
 ) -> Decision {
     let mut subject = Subject {
-        grant_type: request.grant_type().to_string(),
+        grant_type: match request {
+            // The standard names need no allocation.
+            TokenRequest::RefreshToken { .. } => "refresh_token".into(),
+            TokenRequest::AuthorizationCode { .. } => "authorization_code".into(),
+            TokenRequest::ClientCredentials { .. } => "client_credentials".into(),
+            TokenRequest::Other { grant_type, .. } => grant_type.to_string().into(),
+        },
         ..Subject::default()
     };
     let TokenRequest::RefreshToken {

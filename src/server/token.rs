@@ -42,10 +42,10 @@ impl WorkerBackup {
         }
     }
 
-    fn next_request_id(&self, worker: usize) -> String {
+    fn next_request_id(&self, worker: usize) -> (usize, u64) {
         let n = self.seq.get().wrapping_add(1);
         self.seq.set(n);
-        format!("w{worker}-{n}")
+        (worker, n)
     }
 }
 
@@ -369,7 +369,8 @@ fn backup_answer(
         metrics.backup_served();
     }
     tracing::debug!(
-        request_id,
+        worker = request_id.0,
+        request = request_id.1,
         decision = label,
         cause = cause.label(),
         ambiguous = cause.ambiguous(),
