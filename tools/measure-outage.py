@@ -156,7 +156,10 @@ def main():
             f"grant_type=refresh_token&client_id={client_id}&refresh_token={token}").encode(),
             headers={"Content-Type": "application/x-www-form-urlencoded"})
         with urllib.request.urlopen(req, timeout=5) as r:
-            response_bytes = len(r.read())
+            raw = r.read()
+            response_bytes = len(raw)
+        # The bare signature signs as much as a minted token does (its header.payload).
+        signing_input_bytes = len(json.loads(raw)["access_token"].rsplit(".", 1)[0])
         floor, floor_addr = start([f"{BIN}/backstop-floor", "127.0.0.1:0", "1"],
                                   env=dict(os.environ, BACKSTOP_FLOOR_BODY_BYTES=str(response_bytes)))
         procs.append(floor)
@@ -168,7 +171,8 @@ def main():
         results = []
         for _ in range(args.rounds):
             sign = json.loads(subprocess.run(PIN + [f"{BIN}/backstop", "bench-sign", "--alg", args.alg,
-                                              "--seconds", "1"], capture_output=True, text=True,
+                                              "--seconds", "1",
+                                              "--message-bytes", str(signing_input_bytes)], capture_output=True, text=True,
                                              check=True).stdout)
             fl = drive(floor.pid, f"http://{floor_addr}/token", args.seconds, args.connections,
                        script, wrk_env)
@@ -186,6 +190,7 @@ def main():
         print(json.dumps({"alg": args.alg, "signatures_per_token_response": signatures,
                           "pinned_to_one_vcpu": not args.spread,
                           "response_bytes": response_bytes,
+                          "signing_input_bytes": signing_input_bytes,
                           "sessions": args.sessions, "connections": args.connections,
                           "seconds": args.seconds, "median_ratio": ratios[len(ratios) // 2],
                           "rounds": results}))
