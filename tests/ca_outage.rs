@@ -20,7 +20,7 @@ mod common;
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use backstop_mock_primary::{Fault, GrantRequest, KeySource, MockHandle, MockOpti
 use common::{Backstop, Conn, Reply};
 use serde_json::{Value, json};
 
-const ADMIN_TOKEN: &str = "ca-outage-test-admin-token-0123456789";
+use common::oidc::{self, ADMIN_TOKEN, free_port, metric, post_token, post_token_with, wait_until};
 const CLIENT: &str = "native-app";
 const SSF_ISSUER: &str = "https://transmitter.example.com";
 const SSF_AUDIENCE: &str = "https://backstop.example.com";
@@ -360,35 +360,7 @@ impl World {
 }
 
 fn start_backstop(port: u16, tables: &str, dir: Option<tempfile::TempDir>) -> Backstop {
-    let top = format!("issuer = \"http://127.0.0.1:{port}\"\n");
-    let server = Backstop::start_in(
-        dir,
-        &top,
-        tables,
-        &[("BACKSTOP_ADMIN_TOKEN", ADMIN_TOKEN)],
-        Some(port),
-    );
-    wait_until("metadata cached", Duration::from_secs(15), || {
-        let mut conn = Conn::open(server.admin_addr.unwrap());
-        conn.send(
-            format!(
-                "GET /admin/status HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        let status: Value = serde_json::from_slice(&conn.read_reply().unwrap().body).unwrap();
-        status["primary_metadata"]["token_path"].is_string()
-    });
-    server
-}
-
-/// A free loopback port, so a restarted backstop keeps its issuer URL.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    oidc::start_backstop(tables, port, dir)
 }
 
 fn now_secs() -> i64 {
@@ -399,31 +371,6 @@ fn now_secs() -> i64 {
             .as_secs(),
     )
     .unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn post_token(addr: SocketAddr, body: &str) -> Reply {
-    post_token_with(addr, body, "")
-}
-
-fn post_token_with(addr: SocketAddr, body: &str, extra_headers: &str) -> Reply {
-    let mut conn = Conn::open(addr);
-    conn.send(
-        format!(
-            "POST /token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-             {extra_headers}content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    conn.read_reply().expect("a reply")
 }
 
 fn json_of(reply: &Reply) -> Value {
@@ -446,18 +393,6 @@ fn shown(reply: &Reply) -> String {
         Ok(_) | Err(_) if !reply.text().contains("eyJ") => reply.text(),
         Ok(_) | Err(_) => format!("{} bytes, redacted", reply.body.len()),
     }
-}
-
-fn metric(server: &Backstop, name: &str) -> f64 {
-    common::get(server.addr, "/metrics")
-        .text()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// Writes the policy file atomically (temp file + rename), so the watcher never reads half.

@@ -16,105 +16,25 @@ mod common;
 #[path = "fixtures/token/support.rs"]
 mod support;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backstop::token::alg::SigningAlg;
 use backstop::token::alg::Typ;
 use backstop::token::jwks::KeySet;
 use backstop::token::jws::{JwtPolicy, TypRule, verify_jwt};
 use backstop::token::sign::SigningKey;
-use backstop_mock_primary::{Fault, GrantRequest, KeySource, MockHandle, MockOptions, MockPrimary};
+use backstop_mock_primary::{Fault, GrantRequest, MockHandle};
+use common::oidc::{
+    self, admin, admin_status, free_port, metric, post_token_with, quick_failover_tables,
+    start_mock, wait_captured, wait_until,
+};
 use common::{Backstop, Conn, Reply};
 use serde_json::Value;
 
-const ADMIN_TOKEN: &str = "gateway-test-admin-token-0123456789";
 const CLIENT: &str = "native-app";
 
-/// Short timeouts and a quick breaker so a test sees the whole cycle in seconds.
-fn tables(mock: &MockHandle) -> String {
-    format!(
-        "[primary]\norigin = \"http://{}\"\nconnect_timeout_ms = 200\nrequest_timeout_ms = 600\n\
-         [failover]\nconsecutive_failures_max = 2\nwindow_len = 4\nwindow_failures_max = 4\n\
-         open_initial_ms = 300\nopen_max_ms = 1000\n",
-        mock.addr()
-    )
-}
-
-fn start_mock() -> MockHandle {
-    MockPrimary::start(MockOptions {
-        key: KeySource::test_fixture(),
-        ..MockOptions::default()
-    })
-    .unwrap()
-}
-
-/// A free loopback port, so a restarted backstop keeps its issuer URL.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_backstop(mock: &MockHandle, port: u16, dir: Option<tempfile::TempDir>) -> Backstop {
-    let top = format!("issuer = \"http://127.0.0.1:{port}\"\n");
-    let tables = tables(mock);
-    let server = Backstop::start_in(
-        dir,
-        &top,
-        &tables,
-        &[("BACKSTOP_ADMIN_TOKEN", ADMIN_TOKEN)],
-        Some(port),
-    );
-    wait_until("metadata cached", Duration::from_secs(15), || {
-        admin_status(&server)["primary_metadata"]["token_path"].is_string()
-    });
-    server
-}
-
-fn admin(server: &Backstop, method: &str, path: &str, body: &str) -> Value {
-    let mut conn = Conn::open(server.admin_addr.unwrap());
-    conn.send(
-        format!(
-            "{method} {path} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    serde_json::from_slice(&conn.read_reply().unwrap().body).unwrap()
-}
-
-fn admin_status(server: &Backstop) -> Value {
-    admin(server, "GET", "/admin/status", "")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn post_token(addr: SocketAddr, body: &str, extra_headers: &str) -> Reply {
-    let mut conn = Conn::open(addr);
-    conn.send(
-        format!(
-            "POST /token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-             {extra_headers}content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    conn.read_reply().expect("a reply")
-}
-
-fn json(reply: &Reply) -> Value {
-    serde_json::from_slice(&reply.body)
-        .unwrap_or_else(|_| panic!("not JSON ({}): {}", reply.status, reply.text()))
+    oidc::start_backstop(&quick_failover_tables(mock), port, dir)
 }
 
 /// Signs in `user` through backstop (code grant) and returns the token response.
@@ -127,44 +47,25 @@ fn sign_in(mock: &MockHandle, server: &Backstop, user: &str, resource: Option<&s
     grant.nonce = Some("n-123".into());
     grant.resource = resource.map(str::to_owned);
     let code = mock.create_grant(grant).unwrap();
-    let reply = post_token(
+    let reply = post_token_with(
         server.addr,
         &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
         "",
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
-    json(&reply)
+    json_of(&reply)
 }
 
 fn refresh(server: &Backstop, refresh_token: &str, extra_headers: &str) -> Reply {
-    post_token(
+    post_token_with(
         server.addr,
         &format!("grant_type=refresh_token&refresh_token={refresh_token}&client_id={CLIENT}"),
         extra_headers,
     )
 }
 
-fn metric(server: &Backstop, name: &str) -> f64 {
-    let reply = common::get(server.addr, "/metrics");
-    reply
-        .text()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
-fn wait_captured(server: &Backstop, n: f64) {
-    wait_until("captures stored", Duration::from_secs(10), || {
-        metric(server, "backstop_capture_captured_total") >= n
-    });
-}
-
 fn backstop_keys(server: &Backstop) -> KeySet {
-    let doc = json(&common::get(
+    let doc = json_of(&common::get(
         server.addr,
         "/.well-known/openid-configuration",
     ));
@@ -172,6 +73,12 @@ fn backstop_keys(server: &Backstop) -> KeySet {
     let path = &doc["jwks_uri"].as_str().unwrap()[issuer.len()..];
     let reply = common::get(server.addr, path);
     KeySet::parse(&reply.body).unwrap().0
+}
+
+/// The reply's JSON body.
+fn json_of(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|_| panic!("not JSON ({}): {}", reply.status, reply.text()))
 }
 
 fn claims_of(token: &str) -> serde_json::Map<String, Value> {
@@ -208,7 +115,7 @@ fn a_signed_in_session_is_served_by_the_backup_through_an_outage_and_returns_to_
     let r1 = first["refresh_token"].as_str().unwrap().to_string();
     let reply = refresh(&server, &r1, "");
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let latest = json(&reply);
+    let latest = json_of(&reply);
     let r2 = latest["refresh_token"].as_str().unwrap().to_string();
     assert_ne!(r1, r2, "the mock primary rotates refresh tokens");
     wait_captured(&server, 2.0);
@@ -217,7 +124,7 @@ fn a_signed_in_session_is_served_by_the_backup_through_an_outage_and_returns_to_
     let reply = refresh(&server, &r2, "");
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.stderr());
     assert_eq!(reply.header("cache-control"), Some("no-store"));
-    let backup = json(&reply);
+    let backup = json_of(&reply);
 
     // The token verifies with the JWKS backstop serves, is signed by backstop, and carries
     // exactly the primary's last claims but the time claims and `jti`.
@@ -276,10 +183,10 @@ fn a_signed_in_session_is_served_by_the_backup_through_an_outage_and_returns_to_
     // A rotated-out token is dead here too; a never-seen one gets "retry later".
     let reply = refresh(&server, &r1, "");
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert_eq!(json(&reply)["error"], "invalid_grant");
+    assert_eq!(json_of(&reply)["error"], "invalid_grant");
     let reply = refresh(&server, "never-seen-anywhere", "");
     assert_eq!(reply.status, 503);
-    assert_eq!(json(&reply)["error"], "temporarily_unavailable");
+    assert_eq!(json_of(&reply)["error"], "temporarily_unavailable");
     assert!(reply.header("retry-after").is_some());
 
     // Every decision is audited, without the token.
@@ -331,7 +238,7 @@ fn a_signed_in_session_is_served_by_the_backup_through_an_outage_and_returns_to_
     });
     let reply = refresh(&server, &r2, "");
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let back = json(&reply);
+    let back = json_of(&reply);
     assert_eq!(
         header_of(back["access_token"].as_str().unwrap())["kid"],
         header_of(primary_access)["kid"],
@@ -346,7 +253,7 @@ fn a_primary_400_passes_through_unchanged_and_an_invalid_grant_revokes_here_too(
     let server = start_backstop(&mock, free_port(), None);
     let first = sign_in(&mock, &server, "bob", None);
     let r1 = first["refresh_token"].as_str().unwrap().to_string();
-    let r2 = json(&refresh(&server, &r1, ""))["refresh_token"]
+    let r2 = json_of(&refresh(&server, &r1, ""))["refresh_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -375,7 +282,7 @@ fn a_primary_400_passes_through_unchanged_and_an_invalid_grant_revokes_here_too(
 
     let reply = refresh(&server, &r1, "");
     assert_eq!(reply.status, 400);
-    assert_eq!(json(&reply)["error"], "invalid_grant");
+    assert_eq!(json_of(&reply)["error"], "invalid_grant");
     wait_until("revocation recorded", Duration::from_secs(10), || {
         metric(&server, "backstop_capture_revoked_total") >= 1.0
     });
@@ -383,7 +290,7 @@ fn a_primary_400_passes_through_unchanged_and_an_invalid_grant_revokes_here_too(
     take_primary_down(&mock, &server);
     let reply = refresh(&server, &r2, "");
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert_eq!(json(&reply)["error"], "invalid_grant");
+    assert_eq!(json_of(&reply)["error"], "invalid_grant");
 }
 
 #[test]
@@ -429,9 +336,9 @@ fn malformed_and_duplicated_parameter_requests_get_rfc6749_errors_in_both_modes(
             .counters()
             .endpoint_total(backstop_mock_primary::Endpoint::Token);
         for (body, status, error) in cases {
-            let reply = post_token(server.addr, body, "");
+            let reply = post_token_with(server.addr, body, "");
             assert_eq!(reply.status, status, "{mode}: {body}: {}", reply.text());
-            assert_eq!(json(&reply)["error"], error, "{mode}: {body}");
+            assert_eq!(json_of(&reply)["error"], error, "{mode}: {body}");
         }
         assert_eq!(
             mock.counters()
@@ -448,7 +355,7 @@ fn malformed_and_duplicated_parameter_requests_get_rfc6749_errors_in_both_modes(
         );
         let reply = conn.read_reply().unwrap();
         assert_eq!(reply.status, 413);
-        assert_eq!(json(&reply)["error"], "invalid_request");
+        assert_eq!(json_of(&reply)["error"], "invalid_request");
     }
 }
 
@@ -482,13 +389,13 @@ fn a_dpop_bound_session_refuses_a_request_without_a_valid_proof_of_its_key() {
             "openid offline_access",
         ))
         .unwrap();
-    let reply = post_token(
+    let reply = post_token_with(
         server.addr,
         &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
         &format!("dpop: {}\r\n", dpop_proof(&key, &htu, "p1")),
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let signed_in = json(&reply);
+    let signed_in = json_of(&reply);
     assert_eq!(signed_in["token_type"], "DPoP");
     let rt = signed_in["refresh_token"].as_str().unwrap().to_string();
     wait_captured(&server, 1.0);
@@ -496,18 +403,18 @@ fn a_dpop_bound_session_refuses_a_request_without_a_valid_proof_of_its_key() {
     take_primary_down(&mock, &server);
     let reply = refresh(&server, &rt, "");
     assert_eq!(reply.status, 400, "no proof: {}", reply.text());
-    assert_eq!(json(&reply)["error"], "invalid_dpop_proof");
+    assert_eq!(json_of(&reply)["error"], "invalid_dpop_proof");
     let reply = refresh(
         &server,
         &rt,
         &format!("dpop: {}\r\n", dpop_proof(&other, &htu, "p2")),
     );
     assert_eq!(reply.status, 400, "another key: {}", reply.text());
-    assert_eq!(json(&reply)["error"], "invalid_dpop_proof");
+    assert_eq!(json_of(&reply)["error"], "invalid_dpop_proof");
     let proof = dpop_proof(&key, &htu, "p3");
     let reply = refresh(&server, &rt, &format!("dpop: {proof}\r\n"));
     assert_eq!(reply.status, 200, "the bound key: {}", reply.text());
-    let served = json(&reply);
+    let served = json_of(&reply);
     assert_eq!(served["token_type"], "DPoP");
     let cnf = &claims_of(served["access_token"].as_str().unwrap())["cnf"];
     assert!(cnf["jkt"].is_string(), "the token stays bound: {cnf}");
@@ -538,7 +445,7 @@ fn nothing_is_lost_across_a_restart_during_an_outage() {
         reply.text(),
         server.stderr()
     );
-    let token = json(&reply);
+    let token = json_of(&reply);
     assert_eq!(
         claims_of(token["access_token"].as_str().unwrap())["aud"],
         "https://api.example.com"

@@ -34,17 +34,15 @@
 mod common;
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use backstop_mock_primary::{Fault, GrantRequest, KeySource, MockHandle, MockOptions, MockPrimary};
-use common::{Backstop, Conn, Reply};
+use backstop_mock_primary::{Fault, GrantRequest, MockHandle};
+use common::{Backstop, Reply};
 use serde_json::{Value, json};
 
-const ADMIN_TOKEN: &str = "interop-test-admin-token-0123456789";
+use common::oidc::{self, free_port, post_token, quick_failover_tables, start_mock, wait_captured};
 const CLIENT: &str = "native-app";
 
 // ---- the peers ----------------------------------------------------------------------------
@@ -162,78 +160,9 @@ fn assert_refused(what: &str, token: &str, e: &Expect<'_>) {
 
 // ---- backstop and the mock primary (as in tests/gateway.rs) -------------------------------
 
-fn tables(mock: &MockHandle) -> String {
-    format!(
-        "[primary]\norigin = \"http://{}\"\nconnect_timeout_ms = 200\nrequest_timeout_ms = 600\n\
-         [failover]\nconsecutive_failures_max = 2\nwindow_len = 4\nwindow_failures_max = 4\n\
-         open_initial_ms = 300\nopen_max_ms = 1000\n",
-        mock.addr()
-    )
-}
-
-fn start_mock() -> MockHandle {
-    MockPrimary::start(MockOptions {
-        key: KeySource::test_fixture(),
-        ..MockOptions::default()
-    })
-    .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts backstop as `http://127.0.0.1:{port}` in front of `mock`, on `dir` if given, and
-/// waits until it has the primary's discovery (the token endpoint's path comes from there).
+/// Starts backstop as `http://127.0.0.1:{port}` in front of `mock`, on `dir` if given.
 fn start_backstop(mock: &MockHandle, port: u16, dir: Option<tempfile::TempDir>) -> Backstop {
-    let top = format!("issuer = \"http://127.0.0.1:{port}\"\n");
-    let server = Backstop::start_in(
-        dir,
-        &top,
-        &tables(mock),
-        &[("BACKSTOP_ADMIN_TOKEN", ADMIN_TOKEN)],
-        Some(port),
-    );
-    wait_until("metadata cached", Duration::from_secs(15), || {
-        admin_status(&server)["primary_metadata"]["token_path"].is_string()
-    });
-    server
-}
-
-fn admin_status(server: &Backstop) -> Value {
-    let mut conn = Conn::open(server.admin_addr.unwrap());
-    conn.send(
-        format!(
-            "GET /admin/status HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    serde_json::from_slice(&conn.read_reply().unwrap().body).unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn post_token(addr: SocketAddr, body: &str) -> Reply {
-    let mut conn = Conn::open(addr);
-    conn.send(
-        format!(
-            "POST /token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-             content-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    conn.read_reply().expect("a reply")
+    oidc::start_backstop(&quick_failover_tables(mock), port, dir)
 }
 
 fn json_of(reply: &Reply) -> Value {
@@ -264,18 +193,6 @@ fn refresh(server: &Backstop, client_id: &str, refresh_token: &str) -> Reply {
         server.addr,
         &format!("grant_type=refresh_token&refresh_token={refresh_token}&client_id={client_id}"),
     )
-}
-
-fn wait_captured(server: &Backstop, n: f64) {
-    wait_until("captures stored", Duration::from_secs(10), || {
-        common::get(server.addr, "/metrics")
-            .text()
-            .lines()
-            .filter_map(|l| l.strip_prefix("backstop_capture_captured_total "))
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum::<f64>()
-            >= n
-    });
 }
 
 fn take_primary_down(mock: &MockHandle) {

@@ -21,6 +21,7 @@ pub struct Backstop {
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+pub mod oidc;
 pub mod primary;
 
 /// Config text with fresh ports and a private data dir, plus `top` fields and `tables`. Unless
