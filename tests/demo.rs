@@ -111,7 +111,18 @@ fn demo_signs_in_through_backstop_and_the_primary_serves_the_normal_phase() {
         primary * 2 > requests,
         "primary served {primary} of {requests}: {summary}"
     );
-    assert_eq!(normal["backup"], 0, "{summary}");
+    // With the primary healthy, the backup answers only a request whose forwarding failed
+    // (on a loaded machine the primary can exceed the demo's 500 ms timeout): never more than
+    // backstop counted as upstream failures.
+    let upstream_failed =
+        summary["backstop_counters"]["backstop_backup_requests_total{cause=\"upstream_failed\"}"]
+            .as_f64()
+            .unwrap_or(0.0);
+    let normal_backup = normal["backup"].as_u64().unwrap();
+    assert!(
+        normal_backup as f64 <= upstream_failed,
+        "backup answered {normal_backup} normal-phase requests, upstream failures {upstream_failed}: {summary}"
+    );
     assert_eq!(normal["unknown_signer"], 0, "{summary}");
 
     // Every outage phase saw traffic, and the summary says what the backup did with it.
