@@ -32,6 +32,7 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+pub mod capture;
 pub mod policy;
 pub mod ssf;
 pub mod store;
