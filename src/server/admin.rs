@@ -54,10 +54,6 @@ fn admin_error(status: StatusCode, error: &str, description: &str) -> Reply {
     )
 }
 
-fn now_secs() -> i64 {
-    i64::try_from(super::unix_now_secs()).unwrap_or(i64::MAX)
-}
-
 /// `GET /admin/policies`: the live document with its version (`ETag`) and provenance.
 fn get_policies(shared: &Shared) -> Reply {
     let current = shared.policies.current();
@@ -84,11 +80,15 @@ fn get_policies(shared: &Shared) -> Reply {
 fn put_policies(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
     let if_match = parts.headers.get(header::IF_MATCH).map(|v| v.to_str());
     let result = match if_match {
-        None => shared.policies.replace_from_json(body, now_secs()),
+        None => shared
+            .policies
+            .replace_from_json(body, super::unix_now_secs_i64()),
         Some(value) => match value.ok().and_then(crate::policy::parse_if_match) {
-            Some(version) => shared
-                .policies
-                .replace_if_version(body, version, now_secs()),
+            Some(version) => {
+                shared
+                    .policies
+                    .replace_if_version(body, version, super::unix_now_secs_i64())
+            }
             None => {
                 return admin_error(
                     StatusCode::PRECONDITION_FAILED,
@@ -142,7 +142,7 @@ fn list_revocations(parts: &Parts, shared: &Shared) -> Reply {
 /// durable before the answer; idempotent by `id` (200 for a repeat, 201 for a new event,
 /// 409 for a different event under a known id).
 async fn post_revocation(body: &Bytes, shared: &Shared) -> Reply {
-    let now = now_secs();
+    let now = super::unix_now_secs_i64();
     let event = match crate::revocation::parse_admin_event(body, now) {
         Ok(e) => e,
         Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),

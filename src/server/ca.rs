@@ -93,7 +93,7 @@ impl Revocations {
         now_secs: i64,
     ) -> Result<Inserted, RecordError> {
         // Refuse conflicts and duplicates before writing anything.
-        if let Some(existing) = self.lock_set()?.get(&event.id) {
+        if let Some(existing) = self.lock_set().get(&event.id) {
             return if *existing == event {
                 Ok(Inserted::Duplicate)
             } else {
@@ -116,7 +116,7 @@ impl Revocations {
                     .saturating_add(self.window_secs),
             })
             .await?;
-        let mut set = self.lock_set()?;
+        let mut set = self.lock_set();
         set.expire_before(now_secs.saturating_sub(self.window_secs));
         let inserted = set.insert(event)?;
         self.filter.store(set.snapshot());
@@ -125,19 +125,15 @@ impl Revocations {
 
     /// Every recorded event (admin listing).
     pub(crate) fn events(&self) -> Vec<RevocationEvent> {
-        self.set
-            .lock()
-            .map(|s| s.events().cloned().collect())
-            .unwrap_or_default()
+        self.lock_set().events().cloned().collect()
     }
 
-    fn lock_set(&self) -> Result<std::sync::MutexGuard<'_, RevocationSet>, RevocationError> {
+    fn lock_set(&self) -> std::sync::MutexGuard<'_, RevocationSet> {
         // A panic while holding the set leaves it consistent (insert is all-or-nothing);
         // recover the guard rather than refuse every revocation from then on.
-        Ok(self
-            .set
+        self.set
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -53,7 +53,7 @@ impl Pending {
         let Some(request) = self.0 else {
             return;
         };
-        let now = i64::try_from(super::unix_now_secs()).unwrap_or(i64::MAX);
+        let now = super::unix_now_secs_i64();
         let job = if status == StatusCode::OK {
             Some(request.granted(body, now))
         } else if is_invalid_grant(&body) {

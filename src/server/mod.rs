@@ -166,8 +166,8 @@ pub(crate) fn unix_now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Unix seconds, signed (the policy watcher's clock).
-fn unix_now_secs_i64() -> i64 {
+/// Unix seconds, signed, as the store, policies and revocation events take them.
+pub(crate) fn unix_now_secs_i64() -> i64 {
     i64::try_from(unix_now_secs()).unwrap_or(i64::MAX)
 }
 
@@ -247,9 +247,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
     }
     let store = Arc::new(crate::store::Store::open(
         &config.data_dir,
-        crate::store::StoreOpts::background(Arc::new(|| {
-            i64::try_from(unix_now_secs()).unwrap_or(i64::MAX)
-        })),
+        crate::store::StoreOpts::background(Arc::new(unix_now_secs_i64)),
     )?);
     let issuer = config
         .issuer
@@ -259,7 +257,7 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         discovery_path: metadata::discovery_path(&issuer),
         ..metadata::Metadata::default()
     }));
-    let now = i64::try_from(unix_now_secs()).unwrap_or(i64::MAX);
+    let now = unix_now_secs_i64();
     let policies = Arc::new(match config.policy.file.as_deref() {
         Some(path) => crate::policy::PolicyManager::from_file(path, now)?,
         None => crate::policy::PolicyManager::empty(),
@@ -527,7 +525,7 @@ impl Signals {
                     return;
                 }
                 _ = self.hup.recv() => {
-                    let now = i64::try_from(unix_now_secs()).unwrap_or(i64::MAX);
+                    let now = unix_now_secs_i64();
                     match shared.policies.reload_now(now) {
                         Ok(outcome) => tracing::info!(?outcome, "SIGHUP: policy file reloaded"),
                         Err(e) => tracing::error!(error = %e, "SIGHUP: policy file refused; keeping the current policies"),

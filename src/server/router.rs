@@ -290,13 +290,11 @@ pub(crate) fn outcome_of(failure: UpstreamFailure) -> UpstreamOutcome {
 /// 503 `temporarily_unavailable` with `Retry-After` (DESIGN §2): the primary cannot be used
 /// and backstop cannot answer this request itself. The client must keep its credentials.
 fn unavailable(retry_after_secs: u64) -> Reply {
-    let body = OAuthError::TemporarilyUnavailable
-        .to_json("the identity provider is unavailable; retry later");
-    let mut reply = json(StatusCode::SERVICE_UNAVAILABLE, body.into_bytes());
-    if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-        reply.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    reply
+    super::token::error_reply(
+        OAuthError::TemporarilyUnavailable,
+        "the identity provider is unavailable; retry later",
+        retry_after_secs,
+    )
 }
 
 fn public(route: Route, method: &Method, ctx: &HandlerCtx) -> Reply {

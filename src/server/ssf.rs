@@ -14,8 +14,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::router::{ResBody, json};
 use super::{Shared, unix_now_secs};
@@ -45,10 +43,6 @@ impl SsfState {
     }
 }
 
-fn now_secs() -> i64 {
-    i64::try_from(unix_now_secs()).unwrap_or(i64::MAX)
-}
-
 /// Answers one push.
 pub(crate) async fn handle(
     parts: &hyper::http::request::Parts,
@@ -74,7 +68,7 @@ pub(crate) async fn handle(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let now = now_secs();
+    let now = super::unix_now_secs_i64();
     let received = {
         let replay = state
             .replay
@@ -143,15 +137,7 @@ pub(crate) async fn refresh_keys_forever(shared: Arc<Shared>) {
             return;
         }
     };
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(shared.config.primary.connect_timeout));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*shared.tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client = super::upstream::https_client(&shared.tls, shared.config.primary.connect_timeout);
     let mut jwks = RemoteJwks::new(CachePolicy::default());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

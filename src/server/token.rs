@@ -19,7 +19,6 @@ use hyper::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::router::{HandlerCtx, ResBody, json};
-use super::unix_now_secs;
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::failover::{Mode, Route as Destination, UpstreamFailure};
 use crate::gateway::outage::{self, Decision, Minters, OutageEnv, OutageRequest};
@@ -245,7 +244,7 @@ fn request_error(e: RequestError, metrics: &crate::metrics::WorkerMetrics) -> Re
 }
 
 /// An RFC 6749 §5.2 error response; 503 carries `Retry-After`, 401 a `WWW-Authenticate`.
-fn error_reply(error: OAuthError, description: &str, retry_after_secs: u64) -> Reply {
+pub(crate) fn error_reply(error: OAuthError, description: &str, retry_after_secs: u64) -> Reply {
     let mut reply = json(
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
         error.to_json(description).into_bytes(),
@@ -315,7 +314,7 @@ fn backup_answer(
         dpop_replay: &shared.dpop_replay,
         dpop_policy: crate::token::dpop::DpopPolicy::default(),
         checks: shared.checks.as_ref(),
-        now_secs: i64::try_from(unix_now_secs()).unwrap_or(i64::MAX),
+        now_secs: super::unix_now_secs_i64(),
     };
     let decision = match backup.minters.try_borrow_mut() {
         Ok(mut minters) => match parsed {

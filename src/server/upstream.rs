@@ -89,6 +89,27 @@ pub(crate) struct Upstream {
     probe_path: hyper::http::uri::PathAndQuery,
 }
 
+/// A pooled HTTP/1.1 client over rustls (or plain http for `http:` URLs) with `tls` and a
+/// connect timeout: the primary's client, and the Shared Signals transmitter's JWKS fetcher.
+pub(crate) fn https_client(
+    tls: &rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(limits::UPSTREAM_POOL_IDLE_PER_WORKER)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
 impl Upstream {
     /// A client for `primary`, forwarding as the public `issuer` URL.
     pub(crate) fn new(
@@ -108,19 +129,7 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| UpstreamError::Origin("no host".into()))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(primary.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(limits::UPSTREAM_POOL_IDLE_PER_WORKER)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let client = https_client(&tls, primary.connect_timeout);
         let forwarded_proto = HeaderValue::from_static(if issuer.starts_with("https:") {
             "https"
         } else {
