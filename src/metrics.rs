@@ -99,6 +99,16 @@ const LATENCY_BUCKETS_US: [u64; 16] = [
 ];
 const BUCKET_COUNT: usize = LATENCY_BUCKETS_US.len() + 1;
 
+/// A latency in microseconds and the histogram bucket it counts in (the last is `+Inf`).
+fn latency_bucket(latency: Duration) -> (u64, usize) {
+    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    let bucket = LATENCY_BUCKETS_US
+        .iter()
+        .position(|&b| us <= b)
+        .unwrap_or(BUCKET_COUNT - 1);
+    (us, bucket)
+}
+
 /// Why a connection ended other than by the client closing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionEnd {
@@ -350,11 +360,7 @@ impl WorkerMetrics {
     #[inline]
     pub fn record_request(&self, route: Route, status: u16, latency: Duration) {
         let r = route.index();
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(BUCKET_COUNT - 1);
+        let (us, bucket) = latency_bucket(latency);
         if let Some(c) = self
             .requests
             .get(r)
@@ -416,11 +422,7 @@ impl WorkerMetrics {
 
     /// Records how long the primary took to answer (or fail) a forwarded token request.
     pub fn upstream_latency(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(BUCKET_COUNT - 1);
+        let (us, bucket) = latency_bucket(latency);
         if let Some(c) = self.upstream_latency_buckets.get(bucket) {
             c.add(1);
         }

@@ -99,9 +99,8 @@ fn without_time_claims(mut c: serde_json::Map<String, Value>) -> serde_json::Map
     c
 }
 
-fn take_primary_down(mock: &MockHandle, server: &Backstop) {
+fn take_primary_down(mock: &MockHandle) {
     mock.set_fault(Fault::Down).unwrap();
-    let _ = server;
 }
 
 #[test]
@@ -120,7 +119,7 @@ fn a_signed_in_session_is_served_by_the_backup_through_an_outage_and_returns_to_
     assert_ne!(r1, r2, "the mock primary rotates refresh tokens");
     wait_captured(&server, 2.0);
 
-    take_primary_down(&mock, &server);
+    take_primary_down(&mock);
     let reply = refresh(&server, &r2, "");
     assert_eq!(reply.status, 200, "{}\n{}", reply.text(), server.stderr());
     assert_eq!(reply.header("cache-control"), Some("no-store"));
@@ -287,7 +286,7 @@ fn a_primary_400_passes_through_unchanged_and_an_invalid_grant_revokes_here_too(
         metric(&server, "backstop_capture_revoked_total") >= 1.0
     });
     // The primary revoked the whole grant (strict rotation); so does the backup.
-    take_primary_down(&mock, &server);
+    take_primary_down(&mock);
     let reply = refresh(&server, &r2, "");
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert_eq!(json_of(&reply)["error"], "invalid_grant");
@@ -400,7 +399,7 @@ fn a_dpop_bound_session_refuses_a_request_without_a_valid_proof_of_its_key() {
     let rt = signed_in["refresh_token"].as_str().unwrap().to_string();
     wait_captured(&server, 1.0);
 
-    take_primary_down(&mock, &server);
+    take_primary_down(&mock);
     let reply = refresh(&server, &rt, "");
     assert_eq!(reply.status, 400, "no proof: {}", reply.text());
     assert_eq!(json_of(&reply)["error"], "invalid_dpop_proof");
@@ -430,7 +429,7 @@ fn nothing_is_lost_across_a_restart_during_an_outage() {
     let signed_in = sign_in(&mock, &server, "dave", Some("https://api.example.com"));
     let rt = signed_in["refresh_token"].as_str().unwrap().to_string();
     wait_captured(&server, 1.0);
-    take_primary_down(&mock, &server);
+    take_primary_down(&mock);
     let reply = refresh(&server, &rt, "");
     assert_eq!(reply.status, 200, "{}", reply.text());
 
