@@ -10,6 +10,7 @@ use super::derive::Skip;
 /// and the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct CaptureStats {
+    offered: AtomicU64,
     enqueued: AtomicU64,
     dropped: AtomicU64,
     captured: AtomicU64,
@@ -18,12 +19,16 @@ pub struct CaptureStats {
     refusals_ignored: AtomicU64,
     skipped: [AtomicU64; Skip::ALL.len()],
     store_failed: AtomicU64,
+    settled: AtomicU64,
     queue_depth: AtomicU64,
 }
 
 /// A plain copy of the counters (admin status, tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaptureCounts {
+    /// Jobs offered to the queue, counted *before* the send (so before the job can be taken):
+    /// accepted or dropped.
+    pub offered: u64,
     /// Jobs accepted by the queue.
     pub enqueued: u64,
     /// Jobs dropped because the queue was full or the worker had stopped.
@@ -40,6 +45,13 @@ pub struct CaptureCounts {
     pub skipped: [u64; Skip::ALL.len()],
     /// Store writes that failed.
     pub store_failed: u64,
+    /// Jobs finished: taken from the queue in a batch whose every write is durable (or that
+    /// had nothing to write for them: skipped, ignored). Counted after the batch's writes
+    /// resolve, never for a batch with a failed write. Jobs are taken in queue order, so once
+    /// `settled` reaches the `offered` count read after a client saw its response (and nothing
+    /// was dropped), that response's capture is durable: the acknowledgement a test can wait
+    /// for, since the response itself never waits for capture.
+    pub settled: u64,
     /// Jobs waiting in the queue.
     pub queue_depth: u64,
 }
@@ -61,6 +73,12 @@ impl CaptureStats {
         Self::default()
     }
 
+    pub(super) fn on_offered(&self) {
+        bump(&self.offered, 1);
+    }
+    pub(super) fn on_settled(&self, n: u64) {
+        bump(&self.settled, n);
+    }
     pub(super) fn on_enqueued(&self) {
         bump(&self.enqueued, 1);
     }
@@ -109,6 +127,7 @@ impl CaptureStats {
     pub fn counts(&self) -> CaptureCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CaptureCounts {
+            offered: get(&self.offered),
             enqueued: get(&self.enqueued),
             dropped: get(&self.dropped),
             captured: get(&self.captured),
@@ -117,6 +136,7 @@ impl CaptureStats {
             refusals_ignored: get(&self.refusals_ignored),
             skipped: std::array::from_fn(|i| self.skipped.get(i).map_or(0, get)),
             store_failed: get(&self.store_failed),
+            settled: get(&self.settled),
             queue_depth: get(&self.queue_depth),
         }
     }
@@ -131,7 +151,12 @@ impl CaptureStats {
 }
 
 fn render(c: &CaptureCounts, out: &mut String) -> std::fmt::Result {
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "backstop_capture_offered_total",
+            "Primary token responses offered to the capture queue (counted before the send).",
+            c.offered,
+        ),
         (
             "backstop_capture_enqueued_total",
             "Primary token responses queued for capture.",
@@ -166,6 +191,11 @@ fn render(c: &CaptureCounts, out: &mut String) -> std::fmt::Result {
             "backstop_capture_store_failed_total",
             "Capture writes the store failed to make durable.",
             c.store_failed,
+        ),
+        (
+            "backstop_capture_settled_total",
+            "Capture jobs finished with every write durable (jobs are taken in queue order).",
+            c.settled,
         ),
     ];
     for (name, help, value) in counters {

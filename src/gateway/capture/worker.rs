@@ -51,6 +51,9 @@ impl CaptureQueue {
     /// Queues a job without waiting. `false` when the queue is full or the worker has stopped:
     /// the job is dropped and counted (`backstop_capture_dropped_total`).
     pub fn try_send(&self, job: CaptureJob) -> bool {
+        // Before the send: a job can be taken (and settled) as soon as it is in the queue, and
+        // `settled >= offered` must never hold while an offered job is still unfinished.
+        self.stats.on_offered();
         self.stats.depth_add();
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -156,6 +159,8 @@ struct Batch {
     captured: u64,
     superseded: u64,
     revoked: u64,
+    /// Jobs taken into this batch.
+    jobs: u64,
 }
 
 impl<K> Worker<K>
@@ -219,6 +224,7 @@ where
     }
 
     fn process(&self, job: CaptureJob, batch: &mut Batch) {
+        batch.jobs += 1;
         match job {
             CaptureJob::Granted(g) => {
                 if let Err(reason) = self.granted(&g, batch) {
@@ -430,6 +436,7 @@ where
             self.stats.on_captured(batch.captured);
             self.stats.on_superseded(batch.superseded);
             self.stats.on_revoked(batch.revoked);
+            self.stats.on_settled(batch.jobs);
         } else {
             self.stats.on_store_failed(failed);
         }
@@ -570,8 +577,10 @@ mod tests {
         assert_eq!(
             stats.counts(),
             CaptureCounts {
+                offered: 1,
                 enqueued: 1,
                 captured: 1,
+                settled: 1,
                 ..CaptureCounts::default()
             }
         );
@@ -802,12 +811,40 @@ mod tests {
             (c.enqueued, c.dropped, c.captured, c.queue_depth),
             (2, 2, 2, 0)
         );
+        assert_eq!((c.offered, c.settled), (4, 2), "drops are offered, never settled");
         artifact(&store, "rt-2");
         assert!(
             store
                 .get_artifact(&digest_of(&store, "rt-3"), NOW)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn once_settled_reaches_the_offered_count_every_offered_capture_is_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let p = JwsSigner::primary();
+        let (q, w, stats) = start(&store, Some(Arc::new(p.key_set())), 16);
+        for rt in ["rt-1", "rt-2", "rt-3"] {
+            assert!(q.try_send(granted(code(&p, rt))));
+        }
+        // What a client that has seen its responses reads, then waits for.
+        let offered = stats.counts().offered;
+        assert_eq!(offered, 3);
+        // Bounded wait (10 s) without reading the clock.
+        for tries in 0.. {
+            if stats.counts().settled >= offered {
+                break;
+            }
+            assert!(tries < 2000, "never settled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for rt in ["rt-1", "rt-2", "rt-3"] {
+            artifact(&store, rt);
+        }
+        w.shutdown();
+        assert_eq!(stats.counts().settled, 3);
     }
 
     #[test]
