@@ -811,7 +811,11 @@ mod tests {
             (c.enqueued, c.dropped, c.captured, c.queue_depth),
             (2, 2, 2, 0)
         );
-        assert_eq!((c.offered, c.settled), (4, 2), "drops are offered, never settled");
+        assert_eq!(
+            (c.offered, c.settled),
+            (4, 2),
+            "drops are offered, never settled"
+        );
         artifact(&store, "rt-2");
         assert!(
             store
