@@ -99,6 +99,13 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 client that reports connection errors instead of panicking.
 
+/// No reply. `sent`: the request may have reached backstop (after a connect error it did not).
+#[derive(Debug)]
+struct CallError {
+    sent: bool,
+    what: String,
+}
+
 struct Client {
     addr: SocketAddr,
     conn: Option<(TcpStream, BufReader<TcpStream>)>,
@@ -111,10 +118,15 @@ impl Client {
 
     /// Sends `head` + `body` (the head without its final blank line and content-length) and
     /// reads one reply. `keep` reuses the connection for the next request.
-    fn call(&mut self, head: &str, body: &str, keep: bool) -> Result<Reply, String> {
+    fn call(&mut self, head: &str, body: &str, keep: bool) -> Result<Reply, CallError> {
         if self.conn.is_none() || !keep {
-            let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-                .map_err(|e| format!("connect: {e}"))?;
+            let stream =
+                TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(|e| {
+                    CallError {
+                        sent: false,
+                        what: format!("connect: {e}"),
+                    }
+                })?;
             stream
                 .set_read_timeout(Some(Duration::from_secs(20)))
                 .unwrap();
@@ -130,7 +142,8 @@ impl Client {
         let result = stream
             .write_all(request.as_bytes())
             .map_err(|e| format!("write: {e}"))
-            .and_then(|()| read_reply(reader));
+            .and_then(|()| read_reply(reader))
+            .map_err(|what| CallError { sent: true, what });
         if result.is_err() || !keep {
             self.conn = None;
         }
@@ -199,7 +212,7 @@ fn token_head(addr: SocketAddr) -> String {
     )
 }
 
-fn admin_call(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Reply, String> {
+fn admin_call(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Reply, CallError> {
     Client::new(addr).call(
         &format!(
             "{method} {path} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
@@ -267,6 +280,7 @@ enum Class {
     Replay,
 }
 
+#[derive(Clone)]
 struct Session {
     user: String,
     app: &'static str,
@@ -295,7 +309,12 @@ enum Logged {
 #[derive(Default)]
 struct Tally {
     sent: u64,
+    /// Sent, and no reply (killed, or a connection closed under the request).
     no_answer: u64,
+    /// Backstop was not listening: nothing was sent.
+    not_connected: u64,
+    /// Sessions refused with `invalid_grant`, by class.
+    deaths: BTreeMap<String, u64>,
     by_status: BTreeMap<String, u64>,
     primary_served: u64,
     backup_served: u64,
@@ -344,7 +363,7 @@ impl World {
 
     fn stable_gen(&self) -> Option<u64> {
         let g = self.gen_.load(Ordering::SeqCst);
-        (g % 2 == 0).then_some(g)
+        g.is_multiple_of(2).then_some(g)
     }
 
     fn refresh_body(token: &str, app: &str) -> String {
@@ -683,7 +702,7 @@ fn refresh(world: &World, client: &mut Client, id: usize, rng: &mut Rng) {
     let (token, index, user, app, before) = {
         let mut st = world.state.lock().unwrap();
         let s = &st.sessions[id];
-        let replay = s.class == Class::Replay && s.tokens.len() >= 2 && rng.chance(25);
+        let replay = s.class == Class::Replay && s.tokens.len() >= 2 && rng.chance(10);
         let index = if replay {
             s.tokens.len() - 2
         } else {
@@ -715,17 +734,24 @@ fn refresh(world: &World, client: &mut Client, id: usize, rng: &mut Rng) {
         &World::refresh_body(&token, app),
         keep,
     );
-    let Ok(reply) = reply else {
-        let mut st = world.state.lock().unwrap();
-        st.tally.no_answer += 1;
-        st.sessions[id].uncertain = true;
-        return;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            let mut st = world.state.lock().unwrap();
+            if e.sent {
+                st.tally.no_answer += 1;
+                st.sessions[id].uncertain = true;
+            } else {
+                st.tally.not_connected += 1;
+            }
+            return;
+        }
     };
     let context = format!("refresh of {user}/{app} token #{index}");
     let answer = judge(world, &reply, Some(&user), &before, &context);
     let g1 = world.gen_.load(Ordering::SeqCst);
     let mut st = world.state.lock().unwrap();
-    let logged_gen = (g0 == g1 && g0 % 2 == 0).then_some(g0);
+    let logged_gen = (g0 == g1 && g0.is_multiple_of(2)).then_some(g0);
     match answer {
         Answer::PrimaryToken(rt) => {
             let s = &mut st.sessions[id];
@@ -742,6 +768,12 @@ fn refresh(world: &World, client: &mut Client, id: usize, rng: &mut Rng) {
         Answer::InvalidGrant => {
             let s = &mut st.sessions[id];
             s.dead = Some(token);
+            let class = format!(
+                "{:?}{}",
+                s.class,
+                if s.uncertain { " (uncertain)" } else { "" }
+            );
+            *st.tally.deaths.entry(class).or_default() += 1;
             if let Some(g) = logged_gen {
                 st.log.push((g, Logged::Refusal(id)));
             }
@@ -972,42 +1004,24 @@ fn check_pass(world: &World, server: &Backstop, label: &str) -> BTreeMap<&'stati
     let reply = admin_call(admin, "POST", "/admin/mode", r#"{"mode":"outage"}"#).unwrap();
     assert_eq!(reply.status, 200, "{}", shown(&reply));
     let mut outcome: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let sessions: Vec<(
-        usize,
-        String,
-        &'static str,
-        Class,
-        Vec<String>,
-        Option<usize>,
-        Option<String>,
-        bool,
-        bool,
-    )> = {
-        let st = world.state.lock().unwrap();
-        st.sessions
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                (
-                    i,
-                    s.user.clone(),
-                    s.app,
-                    s.class,
-                    s.tokens.clone(),
-                    s.acked,
-                    s.dead.clone(),
-                    s.dead_acked,
-                    s.uncertain,
-                )
-            })
-            .collect()
-    };
+    let sessions: Vec<Session> = world.state.lock().unwrap().sessions.clone();
     let (revoked, policy) = {
         let st = world.state.lock().unwrap();
         (st.revoked_acked.clone(), st.policy_acked)
     };
     let mut client = Client::new(world.addr);
-    for (_, user, app, class, tokens, acked, dead, dead_acked, uncertain) in sessions {
+    for session in sessions {
+        let Session {
+            user,
+            app,
+            class,
+            tokens,
+            acked,
+            dead,
+            dead_acked,
+            uncertain,
+            ..
+        } = session;
         let must_refuse = revoked.contains(&user) || (policy && class == Class::Blocked);
         let (token, rule) = if let Some(dead) = dead.clone().filter(|_| dead_acked) {
             (dead, "refused")
@@ -1030,7 +1044,7 @@ fn check_pass(world: &World, server: &Backstop, label: &str) -> BTreeMap<&'stati
                 &World::refresh_body(&token, app),
                 true,
             )
-            .unwrap_or_else(|e| panic!("{label}: no answer in the check pass: {e}"));
+            .unwrap_or_else(|e| panic!("{label}: no answer in the check pass: {}", e.what));
         world.check_status(&reply, label);
         let error = json_of(&reply).and_then(|b| b["error"].as_str().map(str::to_owned));
         let what = format!(
@@ -1481,8 +1495,12 @@ fn under_load_with_a_flapping_primary_and_two_sigkills_nothing_forbidden_is_serv
     let t = &st.tally;
     eprintln!("chaos soak summary (seed {seed}, {secs} s):");
     eprintln!(
-        "  requests sent {}, answered by status {:?}, no answer {}",
-        t.sent, t.by_status, t.no_answer
+        "  requests sent {}, answered by status {:?}, no answer {}, not connected {}",
+        t.sent, t.by_status, t.no_answer, t.not_connected
+    );
+    eprintln!(
+        "  sessions refused with invalid_grant, by class: {:?}",
+        t.deaths
     );
     eprintln!(
         "  tokens: primary {}, backup {} (signature verified for {})",
