@@ -109,11 +109,16 @@ struct CallError {
 struct Client {
     addr: SocketAddr,
     conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    read_timeout: Duration,
 }
 
 impl Client {
     fn new(addr: SocketAddr) -> Self {
-        Client { addr, conn: None }
+        Client {
+            addr,
+            conn: None,
+            read_timeout: Duration::from_secs(20),
+        }
     }
 
     /// Sends `head` + `body` (the head without its final blank line and content-length) and
@@ -127,9 +132,7 @@ impl Client {
                         what: format!("connect: {e}"),
                     }
                 })?;
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
+            stream.set_read_timeout(Some(self.read_timeout)).unwrap();
             let reader = BufReader::new(stream.try_clone().unwrap());
             self.conn = Some((stream, reader));
         }
@@ -651,7 +654,7 @@ fn load_thread(world: Arc<World>, mock: Arc<MockHandle>, plan: LoadPlan) {
             continue;
         }
         if rng.chance(3) {
-            stranger(&world, &mut client, &mut rng);
+            stranger(&world, &mock, &mut client, &mut rng);
             continue;
         }
         let (mine, dead_mine): (Vec<usize>, Vec<usize>) = {
@@ -817,9 +820,40 @@ fn zombie(world: &World, client: &mut Client, id: usize, _rng: &mut Rng) {
     }
 }
 
-/// A refresh token nobody issued: never served by the backup.
-fn stranger(world: &World, client: &mut Client, rng: &mut Rng) {
-    let token = format!("never-issued-{:016x}{:016x}", rng.next(), rng.next());
+/// A refresh token the primary issued without backstop (signed in at the primary directly),
+/// when the primary answers now.
+fn direct_token(mock: &MockHandle, rng: &mut Rng) -> Option<String> {
+    let user = format!("direct-{}", rng.below(4));
+    let code = mock
+        .create_grant(GrantRequest::new(
+            &user,
+            "tenant-1",
+            APPS[0],
+            "openid offline_access",
+        ))
+        .ok()?;
+    let mut client = Client::new(mock.addr());
+    client.read_timeout = Duration::from_secs(2);
+    let reply = client
+        .call(
+            &token_head(mock.addr()),
+            &format!(
+                "grant_type=authorization_code&code={code}&client_id={}",
+                APPS[0]
+            ),
+            false,
+        )
+        .ok()?;
+    Some(json_of(&reply)?["refresh_token"].as_str()?.to_string())
+}
+
+/// A refresh token backstop never captured: nobody issued it, or the primary issued it to a
+/// client that signed in without backstop. Never served by the backup.
+fn stranger(world: &World, mock: &MockHandle, client: &mut Client, rng: &mut Rng) {
+    let token = match rng.chance(50).then(|| direct_token(mock, rng)).flatten() {
+        Some(t) => t,
+        None => format!("never-issued-{:016x}{:016x}", rng.next(), rng.next()),
+    };
     {
         let mut st = world.state.lock().unwrap();
         st.tally.sent += 1;
@@ -838,7 +872,7 @@ fn stranger(world: &World, client: &mut Client, rng: &mut Rng) {
         rng.chance(50),
     ) {
         Ok(reply) => {
-            judge(world, &reply, None, &before, "a never-issued token");
+            judge(world, &reply, None, &before, "a never-captured token");
         }
         Err(_) => world.state.lock().unwrap().tally.no_answer += 1,
     }
