@@ -27,6 +27,9 @@
 //!   client could not see happened to the session), else served or refused as rotated out; an
 //!   `unknown` 503 means an acknowledged write was lost.
 //! - **Every acknowledged revocation and policy is enforced after a restart** (same check pass).
+//!   A document put through `PUT /admin/policies` lives in memory only (a restart, SIGHUP or a
+//!   file change brings back the `[policy] file`), so the soak does what an operator must: it
+//!   writes the block into the policy file first, then puts it live.
 //! - **Breaker transitions are explained** by the audit log: per process lifetime and per
 //!   worker, the recorded transitions form a chain from `closed` (each `from` is the previous
 //!   `to`), each has the cause its edge allows (only a successful probe closes, only the open
