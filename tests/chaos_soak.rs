@@ -376,7 +376,7 @@ impl World {
         format!("grant_type=refresh_token&refresh_token={token}&client_id={app}")
     }
 
-    /// Checks one answer against the 5xx rule; returns the JSON body when there is one.
+    /// Checks one answer against the 5xx rule: only 503 `temporarily_unavailable` with `Retry-After`.
     fn check_status(&self, reply: &Reply, context: &str) {
         if reply.status >= 500 {
             let ok = reply.status == 503
@@ -675,7 +675,7 @@ fn load_thread(world: Arc<World>, mock: Arc<MockHandle>, plan: LoadPlan) {
         };
         if !dead_mine.is_empty() && rng.chance(5) {
             let id = dead_mine[usize::try_from(rng.below(dead_mine.len() as u64)).unwrap()];
-            zombie(&world, &mut client, id, &mut rng);
+            zombie(&world, &mut client, id);
             continue;
         }
         // Replace a dead session (but never a revoked user's: a new sign-in after the event
@@ -790,7 +790,7 @@ fn refresh(world: &World, client: &mut Client, id: usize, rng: &mut Rng) {
 
 /// Presents the refused token of a dead session again: the backup must never serve it once
 /// the refusal is acknowledged.
-fn zombie(world: &World, client: &mut Client, id: usize, _rng: &mut Rng) {
+fn zombie(world: &World, client: &mut Client, id: usize) {
     let (token, user, app, before) = {
         let mut st = world.state.lock().unwrap();
         st.tally.sent += 1;
@@ -1600,6 +1600,10 @@ fn under_load_with_a_flapping_primary_and_two_sigkills_nothing_forbidden_is_serv
     for (i, c) in checks.iter().enumerate() {
         eprintln!("  check pass {}: {c:?}", i + 1);
     }
+    eprintln!(
+        "  violations (forbidden tokens, stray 5xx, lost writes, unexplained transitions): {}",
+        st.violations.len()
+    );
     assert!(
         st.violations.is_empty(),
         "{} violations (seed {seed}):\n{}",
