@@ -1016,7 +1016,7 @@ impl Acker {
         }
         let mut st = world.state.lock().unwrap();
         self.pending.retain(|(_, mark, batch)| {
-            if settled < *mark || dropped > 0.0 || skipped > 0.0 {
+            if settled < *mark || dropped > 0.0 || failed > 0.0 || skipped > 0.0 {
                 return true;
             }
             for l in batch {

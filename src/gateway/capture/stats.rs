@@ -48,9 +48,10 @@ pub struct CaptureCounts {
     /// Jobs finished: taken from the queue in a batch whose every write is durable (or that
     /// had nothing to write for them: skipped, ignored). Counted after the batch's writes
     /// resolve, never for a batch with a failed write. Jobs are taken in queue order, so once
-    /// `settled` reaches the `offered` count read after a client saw its response (and nothing
-    /// was dropped), that response's capture is durable: the acknowledgement a test can wait
-    /// for, since the response itself never waits for capture.
+    /// `settled` reaches the `offered` count read after a client saw its response, that
+    /// response's capture is durable, provided nothing was dropped and no write failed (either
+    /// leaves a hole the count cannot place): the acknowledgement a test can wait for, since
+    /// the response itself never waits for capture.
     pub settled: u64,
     /// Jobs waiting in the queue.
     pub queue_depth: u64,
