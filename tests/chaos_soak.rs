@@ -1083,11 +1083,19 @@ fn check_pass(world: &World, server: &Backstop, label: &str) -> BTreeMap<&'stati
             ..
         } = session;
         let must_refuse = revoked.contains(&user) || (policy && class == Class::Blocked);
-        let (token, rule) = if let Some(dead) = dead.clone().filter(|_| dead_acked) {
-            (dead, "refused")
+        let probes: Vec<(String, &str)> = if let Some(dead) = dead.clone().filter(|_| dead_acked) {
+            vec![(dead, "refused")]
         } else if must_refuse {
-            let Some(k) = acked else { continue };
-            (tokens[k].clone(), "refused")
+            // The newest token too, acknowledged or not: no snapshot of a revoked or blocked
+            // user may be served.
+            let mut v: Vec<(String, &str)> = acked
+                .map(|k| (tokens[k].clone(), "refused"))
+                .into_iter()
+                .collect();
+            if acked != Some(tokens.len() - 1) {
+                v.push((tokens[tokens.len() - 1].clone(), "refused"));
+            }
+            v
         } else if dead.is_some() {
             continue;
         } else if revoking.contains(&user) {
@@ -1101,45 +1109,51 @@ fn check_pass(world: &World, server: &Backstop, label: &str) -> BTreeMap<&'stati
                 continue;
             };
             let newest = k + 1 == tokens.len() && !uncertain;
-            (tokens[k].clone(), if newest { "served" } else { "known" })
+            vec![(tokens[k].clone(), if newest { "served" } else { "known" })]
         };
-        let reply = client
-            .call(
-                &token_head(world.addr),
-                &World::refresh_body(&token, app),
-                true,
-            )
-            .unwrap_or_else(|e| panic!("{label}: no answer in the check pass: {}", e.what));
-        world.check_status(&reply, label);
-        let error = json_of(&reply).and_then(|b| b["error"].as_str().map(str::to_owned));
-        let what = format!(
-            "{label}: {user}/{app} ({class:?}, expected {rule}): {}",
-            shown(&reply)
-        );
-        match (rule, reply.status, error.as_deref()) {
-            ("refused", 200, _) => world.violation(format!("lost revocation or refusal: {what}")),
-            ("refused", _, _) => *outcome.entry("refused as acknowledged").or_default() += 1,
-            ("served", 200, _) => *outcome.entry("served (newest, acknowledged)").or_default() += 1,
-            ("known", 200, _) => {
-                *outcome
-                    .entry("served (acknowledged, newer unacknowledged)")
-                    .or_default() += 1
+        for (token, rule) in probes {
+            let reply = client
+                .call(
+                    &token_head(world.addr),
+                    &World::refresh_body(&token, app),
+                    true,
+                )
+                .unwrap_or_else(|e| panic!("{label}: no answer in the check pass: {}", e.what));
+            world.check_status(&reply, label);
+            let error = json_of(&reply).and_then(|b| b["error"].as_str().map(str::to_owned));
+            let what = format!(
+                "{label}: {user}/{app} ({class:?}, expected {rule}): {}",
+                shown(&reply)
+            );
+            match (rule, reply.status, error.as_deref()) {
+                ("refused", 200, _) => {
+                    world.violation(format!("lost revocation or refusal: {what}"))
+                }
+                ("refused", _, _) => *outcome.entry("refused as acknowledged").or_default() += 1,
+                ("served", 200, _) => {
+                    *outcome.entry("served (newest, acknowledged)").or_default() += 1
+                }
+                ("known", 200, _) => {
+                    *outcome
+                        .entry("served (acknowledged, newer unacknowledged)")
+                        .or_default() += 1
+                }
+                ("known", 400, Some("invalid_grant")) => {
+                    *outcome.entry("refused as rotated out").or_default() += 1;
+                }
+                _ => world.violation(format!("lost acknowledged capture: {what}")),
             }
-            ("known", 400, Some("invalid_grant")) => {
-                *outcome.entry("refused as rotated out").or_default() += 1;
+            if reply.status == 200 {
+                let access = json_of(&reply).unwrap()["access_token"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let kid = jwt_part(&access, 0).and_then(|h| h["kid"].as_str().map(str::to_owned));
+                if kid.as_deref() == Some(world.mock_kid.as_str()) {
+                    world.violation(format!("{label}: forced outage, yet the primary answered"));
+                }
+                verify_backup_token(world, &access, label);
             }
-            _ => world.violation(format!("lost acknowledged capture: {what}")),
-        }
-        if reply.status == 200 {
-            let access = json_of(&reply).unwrap()["access_token"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let kid = jwt_part(&access, 0).and_then(|h| h["kid"].as_str().map(str::to_owned));
-            if kid.as_deref() == Some(world.mock_kid.as_str()) {
-                world.violation(format!("{label}: forced outage, yet the primary answered"));
-            }
-            verify_backup_token(world, &access, label);
         }
     }
     let reply = admin_call(admin, "POST", "/admin/mode", r#"{"mode":"auto"}"#).unwrap();
