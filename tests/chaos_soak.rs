@@ -1635,3 +1635,69 @@ fn under_load_with_a_flapping_primary_and_two_sigkills_nothing_forbidden_is_serv
 fn life_end(lifetimes: &[Lifetime]) -> u64 {
     lifetimes.last().map_or(0, |l| l.to_ms)
 }
+
+/// The watermark the soak relies on, alone: a response's capture is durable once
+/// `backstop_capture_settled_total` reaches the `backstop_capture_offered_total` read after it,
+/// so a SIGKILL right then loses nothing.
+#[test]
+fn a_capture_is_durable_once_settled_reaches_the_offered_count_read_after_its_response() {
+    let mock = start_mock();
+    let port = free_port();
+    let tables = quick_failover_tables(&mock);
+    let mut server = start(&tables, port, None, None);
+    let addr = server.addr;
+    let mut client = Client::new(addr);
+    let mut tokens = Vec::new();
+    for user in ["w-0", "w-1", "w-2"] {
+        let code = mock
+            .create_grant(GrantRequest::new(
+                user,
+                "tenant-1",
+                APPS[0],
+                "openid offline_access",
+            ))
+            .unwrap();
+        let body = format!(
+            "grant_type=authorization_code&code={code}&client_id={}",
+            APPS[0]
+        );
+        let reply = client.call(&token_head(addr), &body, false).unwrap();
+        assert_eq!(reply.status, 200, "{}", shown(&reply));
+        let rt = json_of(&reply).unwrap()["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tokens.push((user, rt));
+    }
+    let offered = m(&scrape(addr).unwrap(), "backstop_capture_offered_total");
+    assert!(offered >= 3.0, "offered {offered}");
+    wait_until("captures settled", Duration::from_secs(10), || {
+        m(&scrape(addr).unwrap(), "backstop_capture_settled_total") >= offered
+    });
+    let dir = server.kill_and_take_dir();
+    let server = start(&tables, port, Some(dir), None);
+    let reply = admin_call(
+        server.admin_addr.unwrap(),
+        "POST",
+        "/admin/mode",
+        r#"{"mode":"outage"}"#,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
+    for (user, rt) in tokens {
+        let reply = client
+            .call(&token_head(addr), &World::refresh_body(&rt, APPS[0]), false)
+            .unwrap();
+        assert_eq!(reply.status, 200, "{user}: {}", shown(&reply));
+        let access = json_of(&reply).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(jwt_part(&access, 1).unwrap()["sub"], user);
+        assert_ne!(
+            jwt_part(&access, 0).unwrap()["kid"].as_str(),
+            Some(mock.kid()),
+            "forced outage: the backup answers"
+        );
+    }
+}
