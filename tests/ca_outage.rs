@@ -1150,3 +1150,46 @@ fn sighup_reloads_the_policy_file_when_the_watcher_is_off() {
     );
     world.assert_refused(&rt, "sara", 400, "access_denied", "blocked_by_policy");
 }
+
+#[test]
+fn a_policy_put_through_the_admin_api_survives_a_kill_until_the_file_changes() {
+    let empty = document(&[], &[]);
+    let mut world = World::start(&Setup {
+        policy: Some(&empty),
+        ..Setup::default()
+    });
+    let policy_file = world.policy_file.clone().unwrap();
+    let rt = world.sign_in(grant("tomas", &["pwd"], &[]));
+    world.take_primary_down();
+    world.assert_served(&rt, "tomas");
+
+    // The operator blocks during the incident; the 200 means the block is on disk.
+    let block = document(
+        &[block_from("block-loopback", "loopback")],
+        &[ip_location("loopback", "127.0.0.1/32")],
+    );
+    let reply = world.admin("PUT", "/admin/policies", "", &block.to_string());
+    assert_eq!(reply.status, 200, "{}", shown(&reply));
+    world.assert_refused(&rt, "tomas", 400, "access_denied", "blocked_by_policy");
+
+    // A crash and restart (the policy file is unchanged): the block is still in force.
+    world.restart();
+    let (_, body) = world.policies();
+    assert_eq!(
+        body["origin"], "AdminApi",
+        "restored from the admin API: {body}"
+    );
+    world.assert_refused(&rt, "tomas", 400, "access_denied", "blocked_by_policy");
+
+    // The operator then edits the file: the later change wins, and keeps winning at restart.
+    write_policy(
+        &policy_file,
+        &document(&[], &[ip_location("nowhere", "192.0.2.0/24")]),
+    );
+    wait_until("the edited file reloaded", Duration::from_secs(10), || {
+        world.policies().1.to_string().contains("nowhere")
+    });
+    world.assert_served(&rt, "tomas");
+    world.restart();
+    world.assert_served(&rt, "tomas");
+}

@@ -27,9 +27,8 @@
 //!   client could not see happened to the session), else served or refused as rotated out; an
 //!   `unknown` 503 means an acknowledged write was lost.
 //! - **Every acknowledged revocation and policy is enforced after a restart** (same check pass).
-//!   A document put through `PUT /admin/policies` lives in memory only (a restart, SIGHUP or a
-//!   file change brings back the `[policy] file`), so the soak does what an operator must: it
-//!   writes the block into the policy file first, then puts it live.
+//!   The block is put through `PUT /admin/policies` only, never written to the `[policy] file`:
+//!   its 200 must mean it is saved, and restored at every restart while the file is unchanged.
 //! - **Breaker transitions are explained** by the audit log: per process lifetime and per
 //!   worker, the recorded transitions form a chain from `closed` (each `from` is the previous
 //!   `to`), each has the cause its edge allows (only a successful probe closes, only the open
@@ -1490,9 +1489,9 @@ fn under_load_with_a_flapping_primary_and_two_sigkills_nothing_forbidden_is_serv
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_millis(20));
         if !policy_put && started.elapsed() >= policy_at {
-            // File first (what a restart loads), then the live version through the admin API.
+            // Through the admin API only: its 200 means the document is saved, and a restart
+            // (the policy file unchanged) must restore it.
             let doc = policy_document(&BLOCKED_USERS);
-            write_atomically(&policy_file, &doc);
             let reply = admin_call(
                 server.admin_addr.unwrap(),
                 "PUT",

@@ -4,6 +4,12 @@
 //! the previous version and says why (the JSON path). Readers on the request path take the
 //! current [`Versioned`] set with one lock-free `ArcSwap` load.
 //!
+//! A document accepted through the admin API is saved durably (temp file, fsync, rename,
+//! directory fsync) *before* it is published and the operator gets their 200, so a block put
+//! during an incident survives a crash or restart. At start the saved document is restored
+//! unless the policy file changed since it was saved: whichever of the two the operator
+//! changed last wins. A file reload (watcher, SIGHUP) that publishes the file forgets it.
+//!
 //! This is the one part of `policy` that touches files (and a thread); evaluation stays pure.
 //! Time comes in as `now_secs` (the watcher is handed a clock function).
 
@@ -107,6 +113,25 @@ pub enum PolicyFileError {
     /// No `[policy] file` is configured, so there is nothing to reload.
     #[error("no policy file is configured")]
     NoFile,
+    /// An admin-API document could not be saved durably, so it was not published.
+    #[error("cannot save the policy document to {path}: {source}")]
+    Save {
+        /// The file it was being saved to.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The saved admin-API document is unreadable or invalid (the server refuses to start
+    /// rather than silently drop a policy an operator put).
+    #[error(
+        "saved admin-API policy document {path}: {reason}; remove the file to start from `[policy] file` (a block put through PUT /admin/policies is then lost)"
+    )]
+    Saved {
+        /// The saved document's file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// A conditional replace named a version that is no longer current (HTTP 412).
@@ -141,8 +166,29 @@ pub enum ReloadOutcome {
 pub struct PolicyManager {
     current: ArcSwap<Versioned<PolicySet>>,
     file: Option<PathBuf>,
-    writer: std::sync::Mutex<()>,
+    /// Where an admin-API document is saved (`None`: kept in memory only, for tests and tools).
+    saved: Option<PathBuf>,
+    /// Serializes changes; holds the SHA-256 of the policy file as last read (what a saved
+    /// admin-API document is compared against at the next start).
+    writer: std::sync::Mutex<Option<String>>,
 }
+
+/// The on-disk form of a saved admin-API document (`{data_dir}/policy/admin-api.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedDocument {
+    /// Format of this file; 1.
+    format: u32,
+    /// When the document was accepted, Unix seconds.
+    saved_at: i64,
+    /// SHA-256 of the policy file when the document was accepted (`None`: no file was read).
+    file_sha256: Option<String>,
+    /// The document, byte for byte as the operator put it (JSON text).
+    document: String,
+}
+
+/// File name of the saved admin-API document inside its directory.
+pub const SAVED_DOCUMENT_FILE: &str = "admin-api.json";
 
 impl PolicyManager {
     /// A manager with no policies and no file (version 0).
@@ -157,17 +203,87 @@ impl PolicyManager {
                 value: PolicySet::default(),
             }),
             file: None,
-            writer: std::sync::Mutex::new(()),
+            saved: None,
+            writer: std::sync::Mutex::new(None),
         }
     }
 
     /// A manager loaded from the configured policy file. At start a bad file is an error
     /// (the server refuses to start, exit 2); later reloads keep the previous version instead.
+    /// Admin-API documents are kept in memory only: the server uses [`PolicyManager::open`].
     pub fn from_file(path: &Path, now_secs: i64) -> Result<Self, PolicyFileError> {
         let mut manager = Self::empty();
         manager.file = Some(path.to_path_buf());
         manager.load_file(path, now_secs)?;
         Ok(manager)
+    }
+
+    /// The server's manager: `file` is `[policy] file` (if any); admin-API documents are saved
+    /// in `saved_dir` (created mode 0700 when first needed). A document saved there is
+    /// restored when the policy file is unchanged since it was saved (or none is configured);
+    /// otherwise the file, changed later, wins and the saved document is removed. A bad file
+    /// or an unreadable saved document is an error: the server refuses to start.
+    pub fn open(
+        file: Option<&Path>,
+        saved_dir: &Path,
+        now_secs: i64,
+    ) -> Result<Self, PolicyFileError> {
+        let mut manager = Self::empty();
+        manager.file = file.map(Path::to_path_buf);
+        let saved_path = saved_dir.join(SAVED_DOCUMENT_FILE);
+        manager.saved = Some(saved_path.clone());
+        let file_document = file.map(read_document).transpose()?;
+        let file_sha256 = file_document.as_deref().map(sha256_hex);
+        let restored = match read_saved(&saved_path)? {
+            Some(saved) if file_sha256.is_none() || saved.file_sha256 == file_sha256 => Some(saved),
+            Some(_) => {
+                tracing::warn!(
+                    saved = %saved_path.display(),
+                    "the policy file changed after the admin-API document was saved: the file wins"
+                );
+                None
+            }
+            None => None,
+        };
+        *lock_writer(&manager.writer) = file_sha256;
+        match (restored, file, file_document) {
+            (Some(saved), _, _) => {
+                let saved_at = saved.saved_at;
+                manager
+                    .publish(
+                        saved.document.into_bytes(),
+                        PolicyOrigin::AdminApi,
+                        None,
+                        saved_at,
+                        false,
+                    )
+                    .map_err(|e| PolicyFileError::Saved {
+                        path: saved_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                tracing::warn!(
+                    saved = %saved_path.display(),
+                    "policies restored from the document last put through the admin API"
+                );
+            }
+            (None, Some(path), Some(document)) => {
+                manager.publish(
+                    document,
+                    PolicyOrigin::File(path.to_path_buf()),
+                    None,
+                    now_secs,
+                    false,
+                )?;
+                manager.forget_saved();
+            }
+            (None, _, _) => manager.forget_saved(),
+        }
+        Ok(manager)
+    }
+
+    /// SHA-256 of the policy file as last read (`None` when none was read).
+    pub fn file_sha256(&self) -> Option<String> {
+        lock_writer(&self.writer).clone()
     }
 
     /// The current version: one lock-free load. Hold it for the duration of one request.
@@ -195,6 +311,7 @@ impl PolicyManager {
                 PolicyOrigin::File(path.to_path_buf()),
                 None,
                 now_secs,
+                true,
             )
         });
         if let Err(e) = &result {
@@ -210,7 +327,13 @@ impl PolicyManager {
         document: &[u8],
         now_secs: i64,
     ) -> Result<ReloadOutcome, PolicyFileError> {
-        self.publish(document.to_vec(), PolicyOrigin::AdminApi, None, now_secs)
+        self.publish(
+            document.to_vec(),
+            PolicyOrigin::AdminApi,
+            None,
+            now_secs,
+            true,
+        )
     }
 
     /// [`PolicyManager::replace_from_json`] only if `expected_version` is still current
@@ -226,22 +349,22 @@ impl PolicyManager {
             PolicyOrigin::AdminApi,
             Some(expected_version),
             now_secs,
+            true,
         )
     }
 
+    /// Validates and publishes `document`. `persist`: an admin-API document is saved before it
+    /// is published (and a published file forgets the saved one); `false` at start, where
+    /// the document comes from one of those two places already.
     fn publish(
         &self,
         document: Vec<u8>,
         origin: PolicyOrigin,
         expected_version: Option<u64>,
         now_secs: i64,
+        persist: bool,
     ) -> Result<ReloadOutcome, PolicyFileError> {
-        // A poisoned lock only means another writer panicked between swaps; the published
-        // value is always whole, so carrying on is sound.
-        let _writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file_sha256 = lock_writer(&self.writer);
         let current = self.current.load();
         if let Some(expected) = expected_version
             && expected != current.version
@@ -253,6 +376,9 @@ impl PolicyManager {
             .into());
         }
         let sha256 = sha256_hex(&document);
+        if let PolicyOrigin::File(_) = origin {
+            *file_sha256 = Some(sha256.clone());
+        }
         if current.version > 0 && sha256 == current.source_sha256 {
             return Ok(ReloadOutcome::Unchanged {
                 version: current.version,
@@ -265,6 +391,13 @@ impl PolicyManager {
             },
             error,
         })?;
+        if persist {
+            match origin {
+                PolicyOrigin::AdminApi => self.save(&document, file_sha256.clone(), now_secs)?,
+                PolicyOrigin::File(_) => self.forget_saved(),
+                PolicyOrigin::Empty => {}
+            }
+        }
         let version = current.version.saturating_add(1);
         log_report(
             version,
@@ -289,6 +422,115 @@ impl PolicyManager {
         }));
         Ok(ReloadOutcome::Loaded { version })
     }
+
+    /// Saves an admin-API document durably: temp file, fsync, rename, directory fsync.
+    fn save(
+        &self,
+        document: &[u8],
+        file_sha256: Option<String>,
+        now_secs: i64,
+    ) -> Result<(), PolicyFileError> {
+        let Some(path) = &self.saved else {
+            return Ok(());
+        };
+        let save_err = |source| PolicyFileError::Save {
+            path: path.clone(),
+            source,
+        };
+        let document = std::str::from_utf8(document)
+            .map_err(|e| save_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let bytes = serde_json::to_vec(&SavedDocument {
+            format: 1,
+            saved_at: now_secs,
+            file_sha256,
+            document: document.to_owned(),
+        })
+        .map_err(|e| save_err(std::io::Error::other(e)))?;
+        write_durably(path, &bytes).map_err(save_err)
+    }
+
+    /// Removes the saved admin-API document (the file is current again). A failure is only
+    /// logged: the saved document names the file's old hash, so it is not restored anyway.
+    fn forget_saved(&self) {
+        let Some(path) = &self.saved else {
+            return;
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot remove the saved admin-API policy document"
+            ),
+        }
+    }
+}
+
+/// A poisoned lock only means another writer panicked between swaps; the published value is
+/// always whole, so carrying on is sound.
+fn lock_writer(m: &std::sync::Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes `bytes` to `path` so that after a crash the file holds either its old or its new
+/// content, never a mix: `path.tmp`, fsync, rename, fsync of the directory (created 0700).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads the saved admin-API document, `None` when there is none.
+fn read_saved(path: &Path) -> Result<Option<SavedDocument>, PolicyFileError> {
+    let saved_err = |reason: String| PolicyFileError::Saved {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(saved_err(e.to_string())),
+    };
+    // JSON string escaping at most sextuples a byte (`\u00XX`); bound the read accordingly.
+    let limit = u64::try_from(POLICY_DOCUMENT_BYTES_MAX)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(6)
+        .saturating_add(4096);
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| saved_err(e.to_string()))?;
+    let saved: SavedDocument = serde_json::from_slice(&bytes)
+        .map_err(|e| saved_err(format!("not a saved document: {e}")))?;
+    if saved.format != 1 {
+        return Err(saved_err(format!("format {} is not 1", saved.format)));
+    }
+    if saved.document.len() > POLICY_DOCUMENT_BYTES_MAX {
+        return Err(saved_err(format!(
+            "document is over the {POLICY_DOCUMENT_BYTES_MAX}-byte limit"
+        )));
+    }
+    Ok(Some(saved))
 }
 
 /// Unknown fields and warnings, once per accepted document.
@@ -402,7 +644,9 @@ pub fn spawn_watcher(
             // `None`: the first poll reads and hashes the file, so a change made between the
             // manager's load and this thread's start is not missed.
             let mut last_seen = None;
-            let mut last_tried = manager.current().source_sha256.clone();
+            // The file as the manager last read it: a restored admin-API document is current
+            // while the file is unchanged, and must not be replaced by the unchanged file.
+            let mut last_tried = manager.file_sha256().unwrap_or_default();
             loop {
                 match stopped.recv_timeout(poll_interval) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -586,6 +830,102 @@ mod tests {
             m.reload_now(8).unwrap(),
             ReloadOutcome::Loaded { version: 2 }
         );
+    }
+
+    fn ids(m: &PolicyManager) -> Vec<String> {
+        let doc: serde_json::Value = serde_json::from_slice(&m.current().document).unwrap();
+        doc["conditionalAccessPolicies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn admin_document_survives_a_restart_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policies.json");
+        let saved = dir.path().join("data").join("policy");
+        std::fs::write(&file, document(&["from-file"])).unwrap();
+        let m = PolicyManager::open(Some(&file), &saved, 10).unwrap();
+        assert_eq!(ids(&m), ["from-file"]);
+        m.replace_from_json(&document(&["block-now"]), 20).unwrap();
+        drop(m);
+        // Restart: the file did not change, so the operator's later PUT is what is in force.
+        let m = PolicyManager::open(Some(&file), &saved, 30).unwrap();
+        assert_eq!(ids(&m), ["block-now"]);
+        assert_eq!(m.current().origin, PolicyOrigin::AdminApi);
+        assert_eq!(m.current().loaded_at_secs, 20);
+        // And without any file configured.
+        let m = PolicyManager::open(None, &saved, 30).unwrap();
+        assert_eq!(ids(&m), ["block-now"]);
+    }
+
+    #[test]
+    fn a_file_changed_after_the_admin_document_wins_at_restart_and_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policies.json");
+        let saved = dir.path().join("policy");
+        std::fs::write(&file, document(&["v1"])).unwrap();
+        let m = PolicyManager::open(Some(&file), &saved, 10).unwrap();
+        m.replace_from_json(&document(&["admin"]), 20).unwrap();
+        drop(m);
+        std::fs::write(&file, document(&["v2"])).unwrap();
+        let m = PolicyManager::open(Some(&file), &saved, 30).unwrap();
+        assert_eq!(ids(&m), ["v2"]);
+        assert!(!saved.join(SAVED_DOCUMENT_FILE).exists());
+    }
+
+    #[test]
+    fn a_file_reload_after_the_admin_document_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policies.json");
+        let saved = dir.path().join("policy");
+        std::fs::write(&file, document(&["v1"])).unwrap();
+        let m = PolicyManager::open(Some(&file), &saved, 10).unwrap();
+        m.replace_from_json(&document(&["admin"]), 20).unwrap();
+        assert!(saved.join(SAVED_DOCUMENT_FILE).exists());
+        std::fs::write(&file, document(&["v2"])).unwrap();
+        m.reload_now(30).unwrap();
+        assert_eq!(ids(&m), ["v2"]);
+        assert!(!saved.join(SAVED_DOCUMENT_FILE).exists());
+        drop(m);
+        let m = PolicyManager::open(Some(&file), &saved, 40).unwrap();
+        assert_eq!(ids(&m), ["v2"]);
+    }
+
+    #[test]
+    fn a_corrupt_saved_document_refuses_to_start_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("policy");
+        std::fs::create_dir_all(&saved).unwrap();
+        let path = saved.join(SAVED_DOCUMENT_FILE);
+        std::fs::write(&path, b"{\"format\":1,\"saved_at\":1,").unwrap();
+        let err = PolicyManager::open(None, &saved, 0).unwrap_err();
+        assert!(matches!(err, PolicyFileError::Saved { .. }), "{err}");
+        assert!(err.to_string().contains("admin-api.json"), "{err}");
+        // A saved document that is not a valid policy document is refused the same way.
+        let bad = serde_json::json!({
+            "format": 1, "saved_at": 1, "file_sha256": null,
+            "document": std::str::from_utf8(BAD_USERS).unwrap(),
+        });
+        std::fs::write(&path, bad.to_string()).unwrap();
+        let err = PolicyManager::open(None, &saved, 0).unwrap_err();
+        assert!(err.to_string().contains("includeUsers"), "{err}");
+    }
+
+    #[test]
+    fn an_admin_document_that_cannot_be_saved_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        // The temporary file's place is taken by a directory: writing it fails (as root too).
+        let saved = dir.path().join("policy");
+        std::fs::create_dir_all(saved.join("admin-api.json.tmp")).unwrap();
+        let m = PolicyManager::open(None, &saved, 0).unwrap();
+        let before = m.current().version;
+        let err = m.replace_from_json(&document(&["x"]), 1).unwrap_err();
+        assert!(matches!(err, PolicyFileError::Save { .. }), "{err}");
+        assert_eq!(m.current().version, before);
     }
 
     #[test]

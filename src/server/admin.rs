@@ -108,6 +108,14 @@ fn put_policies(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
             "precondition_failed",
             &e.to_string(),
         ),
+        Err(e @ crate::policy::PolicyFileError::Save { .. }) => {
+            tracing::error!(error = %e, "policies not replaced: the document could not be saved");
+            admin_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &e.to_string(),
+            )
+        }
         Err(e) => admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
     }
 }

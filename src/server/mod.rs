@@ -258,10 +258,11 @@ pub fn bind(config: Config) -> Result<BoundServer, ServerError> {
         ..metadata::Metadata::default()
     }));
     let now = unix_now_secs_i64();
-    let policies = Arc::new(match config.policy.file.as_deref() {
-        Some(path) => crate::policy::PolicyManager::from_file(path, now)?,
-        None => crate::policy::PolicyManager::empty(),
-    });
+    let policies = Arc::new(crate::policy::PolicyManager::open(
+        config.policy.file.as_deref(),
+        &config.data_dir.join(POLICY_DIR),
+        now,
+    )?);
     let window_secs = i64::try_from(config.capture.session_window_secs).unwrap_or(i64::MAX);
     let revocations = Arc::new(ca::Revocations::replay(&store, window_secs, now)?);
     let checks = ca::CaChecks {
@@ -673,6 +674,9 @@ fn plain_listener(addr: SocketAddr) -> std::io::Result<StdListener> {
     socket.listen(ACCEPT_BACKLOG)?;
     Ok(socket.into())
 }
+
+/// Where the document last put through `PUT /admin/policies` is kept, under `data_dir`.
+pub(crate) const POLICY_DIR: &str = "policy";
 
 fn prepare_data_dir(path: &std::path::Path) -> Result<(), ServerError> {
     use std::os::unix::fs::DirBuilderExt;
