@@ -110,7 +110,7 @@ pub fn client_of(spec: &SeedSpec, i: u64) -> SeededClient {
 }
 
 fn is_dpop(spec: &SeedSpec, i: u64) -> bool {
-    spec.dpop_every > 0 && i % spec.dpop_every == 0
+    spec.dpop_every > 0 && i.is_multiple_of(spec.dpop_every)
 }
 
 /// The Ed25519 private seed (RFC 8032 §5.1.5) of session `i`'s DPoP key under `seed`:
