@@ -134,7 +134,7 @@ enum Command {
     ///
     /// Refresh tokens are derived from --token-seed and each session's index, so a load
     /// generator regenerates them; --tokens-out writes the first --tokens-max of them as
-    /// `client_id refresh_token resource` lines for tools that cannot.
+    /// `client_id refresh_token resource [dpop:KEY]` lines for tools that cannot.
     #[command(after_help = "Example:
   backstop seed --data-dir /tmp/bs --sessions 10000000 --issuer http://127.0.0.1:8080")]
     Seed {
@@ -159,7 +159,8 @@ enum Command {
         /// Seed of the refresh tokens.
         #[arg(long, default_value_t = 1)]
         token_seed: u64,
-        /// Write `client_id refresh_token resource` lines for the first --tokens-max sessions.
+        /// Write `client_id refresh_token resource [dpop:KEY]` lines for the first --tokens-max
+        /// sessions.
         #[arg(long, value_name = "FILE")]
         tokens_out: Option<PathBuf>,
         /// How many lines --tokens-out writes.
@@ -168,6 +169,11 @@ enum Command {
         /// Grants without `openid`: a refresh mints an access token only.
         #[arg(long)]
         without_id_token: bool,
+        /// Bind every K-th session (indices 0, K, 2K, …) to a DPoP key derived from
+        /// --token-seed and its index; its --tokens-out line gets a 4th field
+        /// `dpop:<base64url of the 32-byte Ed25519 private seed>`. 0: none.
+        #[arg(long, value_name = "K", default_value_t = 0)]
+        dpop_every: u64,
     },
     /// Measure one bare signature of an algorithm with backstop's signer (the benchmark floor).
     #[command(hide = true)]
@@ -223,6 +229,7 @@ fn main() -> ExitCode {
             tokens_out,
             tokens_max,
             without_id_token,
+            dpop_every,
         } => {
             let Some(alg) = SigningAlg::from_name(&alg) else {
                 eprintln!("backstop: --alg {alg:?} is not one of EdDSA, ES256, RS256");
@@ -237,6 +244,7 @@ fn main() -> ExitCode {
                 token_seed,
                 window_secs: 3 * 86_400,
                 id_token: !without_id_token,
+                dpop_every,
             };
             seed(&data_dir, &spec, tokens_out.as_deref(), tokens_max)
         }
@@ -285,8 +293,7 @@ fn seed(
         let write = || -> std::io::Result<()> {
             let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
             for i in 0..tokens_max.min(spec.sessions) {
-                let c = backstop::seed::client_of(spec, i);
-                writeln!(out, "{} {} {}", c.client_id, c.refresh_token, c.resource)?;
+                writeln!(out, "{}", backstop::seed::client_of(spec, i).line())?;
             }
             out.flush()
         };

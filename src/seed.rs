@@ -1,16 +1,19 @@
 //! Seeding a store with a synthetic population of sessions, for load tests and the scale run
 //! (issue 7): realistic snapshots (Entra-like claims templates of a few hundred bytes) and
-//! refresh-token artifacts, written through the store's own API, durably, with group commit.
+//! refresh-token artifacts, written through the store's bulk-load API (`Store::bulk_load`):
+//! records are built and serialized on every core, grouped by shard, and each shard's segment
+//! is written once, durably (tmp → fsync → rename → fsync dir), with no WAL in between.
 //!
 //! Refresh tokens are derived from a seed and the session's index ([`refresh_token`]), so a
 //! load generator regenerates any session's token instead of reading a file of millions. They
 //! are test credentials of a synthetic population: never seed a production data directory.
 
 use crate::store::{
-    ArtifactKind, ArtifactRecord, ArtifactState, ClientAuthMethod, DeviceCompliance, RiskLevel,
-    SessionIdentity, SessionSnapshot, Store, StoreError, TokenTemplate,
+    ArtifactKind, ArtifactRecord, ArtifactState, BulkRecord, ClientAuthMethod, DeviceCompliance,
+    RiskLevel, SessionIdentity, SessionSnapshot, Store, StoreError, TokenTemplate,
 };
 use crate::token::alg::{SigningAlg, Typ};
+use crate::token::jwk::PublicKey;
 use crate::token::mint::{PrimaryTokenShape, TemplateError, build_template};
 
 /// What to seed.
@@ -32,6 +35,9 @@ pub struct SeedSpec {
     pub window_secs: i64,
     /// Whether the grant had an ID token (`openid` scope): a refresh then mints two tokens.
     pub id_token: bool,
+    /// Every `dpop_every`-th session (indices `0, K, 2K, …`) is DPoP-bound to the key
+    /// [`dpop_key`] of its index; 0: none.
+    pub dpop_every: u64,
 }
 
 /// Why seeding stopped.
@@ -43,12 +49,18 @@ pub enum SeedError {
     /// A template could not be built (a bug in the generator).
     #[error("template: {0}")]
     Template(#[from] TemplateError),
-    /// The async runtime could not be started.
-    #[error("runtime: {0}")]
-    Runtime(#[from] std::io::Error),
-    /// A write task failed to complete.
-    #[error("write task: {0}")]
+    /// A worker thread could not be started.
+    #[error("thread: {0}")]
+    Thread(#[from] std::io::Error),
+    /// A worker thread panicked or stopped early.
+    #[error("worker: {0}")]
     Join(String),
+    /// A DPoP key could not be derived (a bug in the generator).
+    #[error("dpop key of session {index}")]
+    DpopKey {
+        /// Session index.
+        index: u64,
+    },
 }
 
 /// One seeded session, as a client would present it.
@@ -60,6 +72,24 @@ pub struct SeededClient {
     pub refresh_token: String,
     /// The resource the session is for.
     pub resource: String,
+    /// The Ed25519 private seed of the session's DPoP key, when it is DPoP-bound.
+    pub dpop_key: Option<[u8; 32]>,
+}
+
+impl SeededClient {
+    /// The `--tokens-out` line: `client_id refresh_token resource`, then
+    /// `dpop:<base64url, no padding, of the 32-byte private seed>` for a DPoP-bound session.
+    pub fn line(&self) -> String {
+        let mut l = format!(
+            "{} {} {}",
+            self.client_id, self.refresh_token, self.resource
+        );
+        if let Some(k) = &self.dpop_key {
+            l.push_str(" dpop:");
+            l.push_str(&crate::token::b64::encode(k));
+        }
+        l
+    }
 }
 
 /// The refresh token of session `i` under `seed`: 64 base64url-ish characters, deterministic.
@@ -75,7 +105,34 @@ pub fn client_of(spec: &SeedSpec, i: u64) -> SeededClient {
         client_id: app(spec, i),
         refresh_token: refresh_token(spec.token_seed, i),
         resource: resource(spec, i),
+        dpop_key: is_dpop(spec, i).then(|| dpop_key(spec.token_seed, i)),
     }
+}
+
+fn is_dpop(spec: &SeedSpec, i: u64) -> bool {
+    spec.dpop_every > 0 && i.is_multiple_of(spec.dpop_every)
+}
+
+/// The Ed25519 private seed (RFC 8032 §5.1.5) of session `i`'s DPoP key under `seed`:
+/// `SHA-256("backstop seed dpop" ‖ seed_le ‖ i_le)`, deterministic so a load generator can
+/// rebuild any session's key. Test keys of a synthetic population, like the tokens.
+pub fn dpop_key(seed: u64, i: u64) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"backstop seed dpop");
+    ctx.update(&seed.to_le_bytes());
+    ctx.update(&i.to_le_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The RFC 7638 thumbprint (base64url, DPoP's `jkt`, RFC 9449 §6.1) of the public key of an
+/// Ed25519 private seed; `None` if the seed is refused (it never is: any 32 bytes are a seed).
+pub fn dpop_jkt(private_seed: &[u8; 32]) -> Option<String> {
+    use aws_lc_rs::signature::KeyPair as _;
+    let kp = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(private_seed).ok()?;
+    let x: [u8; 32] = kp.public_key().as_ref().try_into().ok()?;
+    Some(PublicKey::Ed25519 { x }.thumbprint())
 }
 
 fn app(spec: &SeedSpec, i: u64) -> String {
@@ -87,6 +144,13 @@ fn resource(spec: &SeedSpec, i: u64) -> String {
         "https://api{}.seed.example",
         (i / u64::from(spec.apps.max(1))) % u64::from(spec.resources.max(1))
     )
+}
+
+/// What every session's templates share: the metadata `build_template` derives from the time
+/// claims (identical for all sessions of one run: same `iat`, same lifetime), computed once.
+struct Shapes {
+    access: TokenTemplate,
+    id: TokenTemplate,
 }
 
 fn template(claims: &str, shape: PrimaryTokenShape, now: u64) -> Result<TokenTemplate, SeedError> {
@@ -101,48 +165,110 @@ fn template(claims: &str, shape: PrimaryTokenShape, now: u64) -> Result<TokenTem
     })
 }
 
-/// The snapshot and artifact of session `i`.
-pub fn session(
-    store: &Store,
-    spec: &SeedSpec,
-    i: u64,
-    now_secs: i64,
-) -> Result<(SessionSnapshot, ArtifactRecord), SeedError> {
-    let now = u64::try_from(now_secs).unwrap_or(0);
-    let user = format!("user-{:010}", i / 2);
-    let device = format!("family:seed-{i:012x}");
+/// The claims of session `i`'s access and ID tokens as the primary would send them (with
+/// `iat`, `nbf`, `exp`), and as the template keeps them (without). The template form is what
+/// `build_template` makes of the full form (a test pins that), written out directly because
+/// parsing two JSON documents per session was most of the seeding time.
+struct Claims {
+    access_full: String,
+    access_template: String,
+    id_full: String,
+    id_template: String,
+}
+
+fn claims(spec: &SeedSpec, i: u64, now: u64) -> Claims {
+    let user = user(i);
     let app = app(spec, i);
     let resource = resource(spec, i);
-    let tenant = "seed-tenant-0001".to_string();
+    let iss = &spec.issuer;
     let iat = now;
-    let access_claims = format!(
-        r#"{{"aud":"{resource}","iss":"{iss}","iat":{iat},"nbf":{iat},"exp":{exp},"aio":"E2ZgYDh1c2VlZA==","amr":["pwd","mfa"],"appid":"{app}","appidacr":"0","groups":["5f2c9a1e-0000-4000-8000-00000000000{g}"],"idp":"{iss}","ipaddr":"203.0.113.7","name":"Seed User {i}","oid":"{user}","rh":"0.AAAA.seed","roles":["Reader"],"scp":"read write","sub":"{user}","tid":"{tenant}","unique_name":"{user}@seed.example","uti":"seed{i}","ver":"2.0"}}"#,
-        iss = spec.issuer,
-        exp = iat + 3600,
-        g = i % 10,
+    let exp = now + 3600;
+    let g = i % 10;
+    let access_rest = format!(
+        r#""aio":"E2ZgYDh1c2VlZA==","amr":["pwd","mfa"],"appid":"{app}","appidacr":"0","groups":["5f2c9a1e-0000-4000-8000-00000000000{g}"],"idp":"{iss}","ipaddr":"203.0.113.7","name":"Seed User {i}","oid":"{user}","rh":"0.AAAA.seed","roles":["Reader"],"scp":"read write","sub":"{user}","tid":"{TENANT}","unique_name":"{user}@seed.example","uti":"seed{i}","ver":"2.0""#
     );
-    let id_claims = format!(
-        r#"{{"aud":"{app}","iss":"{iss}","iat":{iat},"exp":{exp},"auth_time":{auth},"nonce":"seed-nonce-{i}","sub":"{user}","tid":"{tenant}","amr":["pwd","mfa"],"acr":"1"}}"#,
-        iss = spec.issuer,
-        exp = iat + 3600,
+    let id_rest = format!(
+        r#""auth_time":{auth},"nonce":"seed-nonce-{i}","sub":"{user}","tid":"{TENANT}","amr":["pwd","mfa"],"acr":"1""#,
         auth = iat.saturating_sub(600),
     );
-    let at_shape = PrimaryTokenShape {
-        typ: Some(Typ::AtJwt),
-        alg: spec.alg,
-    };
-    let id_shape = PrimaryTokenShape {
-        typ: Some(Typ::Jwt),
-        alg: spec.alg,
-    };
-    let snapshot = SessionSnapshot {
-        identity: SessionIdentity {
-            tenant: tenant.clone(),
-            user: user.clone(),
-            device: device.clone(),
-            app: app.clone(),
-            resource: resource.clone(),
+    Claims {
+        access_full: format!(
+            r#"{{"aud":"{resource}","iss":"{iss}","iat":{iat},"nbf":{iat},"exp":{exp},{access_rest}}}"#
+        ),
+        access_template: format!(r#"{{"aud":"{resource}","iss":"{iss}",{access_rest}}}"#),
+        id_full: format!(r#"{{"aud":"{app}","iss":"{iss}","iat":{iat},"exp":{exp},{id_rest}}}"#),
+        id_template: format!(r#"{{"aud":"{app}","iss":"{iss}",{id_rest}}}"#),
+    }
+}
+
+const TENANT: &str = "seed-tenant-0001";
+
+fn user(i: u64) -> String {
+    format!("user-{:010}", i / 2)
+}
+
+fn device(i: u64) -> String {
+    format!("family:seed-{i:012x}")
+}
+
+fn shapes(spec: &SeedSpec, now: u64) -> Result<Shapes, SeedError> {
+    let c = claims(spec, 0, now);
+    let access = template(
+        &c.access_full,
+        PrimaryTokenShape {
+            typ: Some(Typ::AtJwt),
+            alg: spec.alg,
         },
+        now,
+    )?;
+    let id = template(
+        &c.id_full,
+        PrimaryTokenShape {
+            typ: Some(Typ::Jwt),
+            alg: spec.alg,
+        },
+        now,
+    )?;
+    Ok(Shapes { access, id })
+}
+
+fn with_claims(shape: &TokenTemplate, claims_json: String) -> TokenTemplate {
+    TokenTemplate {
+        claims_json: claims_json.into_bytes(),
+        time_claims: shape.time_claims,
+        lifetime_secs: shape.lifetime_secs,
+        alg: shape.alg.clone(),
+        typ: shape.typ.clone(),
+        nbf_offset_secs: shape.nbf_offset_secs,
+    }
+}
+
+fn identity(spec: &SeedSpec, i: u64) -> SessionIdentity {
+    SessionIdentity {
+        tenant: TENANT.to_string(),
+        user: user(i),
+        device: device(i),
+        app: app(spec, i),
+        resource: resource(spec, i),
+    }
+}
+
+fn snapshot(
+    spec: &SeedSpec,
+    shapes: &Shapes,
+    i: u64,
+    now_secs: i64,
+) -> Result<SessionSnapshot, SeedError> {
+    let now = u64::try_from(now_secs).unwrap_or(0);
+    let c = claims(spec, i, now);
+    // A DPoP-bound grant's tokens are of type DPoP (RFC 9449 §5), as the primary said.
+    let jkt = if is_dpop(spec, i) {
+        Some(dpop_jkt(&dpop_key(spec.token_seed, i)).ok_or(SeedError::DpopKey { index: i })?)
+    } else {
+        None
+    };
+    Ok(SessionSnapshot {
+        identity: identity(spec, i),
         home_tenant: true,
         auth_time_secs: now_secs - 600,
         recorded_at_secs: now_secs,
@@ -155,91 +281,194 @@ pub fn session(
         user_risk: RiskLevel::None,
         device_platform: "iOS".into(),
         device_compliance: DeviceCompliance::Compliant,
-        dpop_jkt: None,
-        access_token: template(&access_claims, at_shape, now)?,
-        id_token: if spec.id_token {
-            Some(template(&id_claims, id_shape, now)?)
-        } else {
-            None
-        },
+        access_token: with_claims(&shapes.access, c.access_template),
+        id_token: spec
+            .id_token
+            .then(|| with_claims(&shapes.id, c.id_template)),
         scopes: if spec.id_token {
             vec!["openid".into(), "read".into(), "write".into()]
         } else {
             vec!["read".into(), "write".into()]
         },
-        token_type: "Bearer".into(),
-    };
-    let artifact = ArtifactRecord {
+        token_type: if jkt.is_some() { "DPoP" } else { "Bearer" }.into(),
+        dpop_jkt: jkt,
+    })
+}
+
+fn artifact(store: &Store, spec: &SeedSpec, i: u64, now_secs: i64) -> ArtifactRecord {
+    ArtifactRecord {
         kind: ArtifactKind::RefreshToken,
         digest: store.artifact_digest(
             ArtifactKind::RefreshToken,
             refresh_token(spec.token_seed, i).as_bytes(),
         ),
-        tenant,
-        user,
-        device,
-        app,
-        resource,
+        tenant: TENANT.to_string(),
+        user: user(i),
+        device: device(i),
+        app: app(spec, i),
+        resource: resource(spec, i),
         family: format!("seed-{i:012x}"),
         client_auth: ClientAuthMethod::None,
         state: ArtifactState::Current,
         state_changed_at_secs: 0,
         issued_at_secs: now_secs,
         expires_at_secs: now_secs + spec.window_secs,
-    };
-    Ok((snapshot, artifact))
+    }
 }
 
-/// Seeds `spec.sessions` sessions, calling `progress(done)` now and then; compacts every
-/// 2 Mi sessions (bounding memory as the background compactor would) and at the end.
+/// The snapshot and artifact of session `i`.
+pub fn session(
+    store: &Store,
+    spec: &SeedSpec,
+    i: u64,
+    now_secs: i64,
+) -> Result<(SessionSnapshot, ArtifactRecord), SeedError> {
+    let now = u64::try_from(now_secs).unwrap_or(0);
+    let s = snapshot(spec, &shapes(spec, now)?, i, now_secs)?;
+    Ok((s, artifact(store, spec, i, now_secs)))
+}
+
+/// Tags an item of a shard's work list: the artifact of session `i` (set) or its snapshot.
+const ARTIFACT_BIT: u64 = 1 << 63;
+
+/// How many threads build records: every core.
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Runs `f` over `items` split into one contiguous part per worker, on scoped threads, and
+/// returns the parts' results in order.
+fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&[T]) -> Result<Vec<R>, SeedError> + Sync,
+) -> Result<Vec<R>, SeedError> {
+    let part = items.len().div_ceil(worker_count()).max(1);
+    std::thread::scope(|scope| {
+        let handles = items
+            .chunks(part)
+            .map(|c| {
+                let f = &f;
+                std::thread::Builder::new()
+                    .name("seed-build".into())
+                    .spawn_scoped(scope, move || f(c))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            out.extend(h.join().map_err(|_| SeedError::Join("builder".into()))??);
+        }
+        Ok(out)
+    })
+}
+
+/// Every record's shard, as work lists: `lists[shard]` holds session indices (snapshots) and
+/// `index | ARTIFACT_BIT` (artifacts).
+fn route(store: &Store, spec: &SeedSpec) -> Result<Vec<Vec<u64>>, SeedError> {
+    let indices: Vec<u64> = (0..spec.sessions).collect();
+    let shards = par_map(&indices, |part| {
+        Ok(part
+            .iter()
+            .map(|&i| {
+                let session = store.shard_of(store.session_key(&identity(spec, i)));
+                let digest = store.artifact_digest(
+                    ArtifactKind::RefreshToken,
+                    refresh_token(spec.token_seed, i).as_bytes(),
+                );
+                let artifact = store.shard_of(crate::store::keys::artifact_key(&digest));
+                (session, artifact)
+            })
+            .collect())
+    })?;
+    let mut lists: Vec<Vec<u64>> = vec![Vec::new(); store.shard_count() as usize];
+    for (i, (s, a)) in shards.into_iter().enumerate() {
+        let i = i as u64;
+        if let Some(l) = lists.get_mut(s as usize) {
+            l.push(i);
+        }
+        if let Some(l) = lists.get_mut(a as usize) {
+            l.push(i | ARTIFACT_BIT);
+        }
+    }
+    Ok(lists)
+}
+
+/// Seeds `spec.sessions` sessions through [`Store::bulk_load`], calling `progress(done)` after
+/// each shard (done = records loaded / 2, in sessions).
+///
+/// Three steps: route (every session's two keys → their shards, on all cores), then per
+/// shard: build and serialize its records on all cores, and bulk-load them (one segment write)
+/// on a writer thread while the next shard's records are built. Memory: the routing lists
+/// (16 bytes a session) and two shards' records at a time. The store must not be taking
+/// other writes (a bulk load sits under the in-memory table, see [`Store::bulk_load`]).
 pub fn seed(
     store: &Store,
     spec: &SeedSpec,
     now_secs: i64,
     mut progress: impl FnMut(u64),
 ) -> Result<(), SeedError> {
-    const CHUNK: u64 = 16_384;
-    const IN_FLIGHT: usize = 4096;
-    const COMPACT_EVERY: u64 = 1 << 21;
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let mut start = 0;
-    while start < spec.sessions {
-        let end = (start + CHUNK).min(spec.sessions);
-        let records = (start..end)
-            .map(|i| session(store, spec, i, now_secs))
-            .collect::<Result<Vec<_>, _>>()?;
-        rt.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (snapshot, artifact) in records {
-                tasks.spawn(store.put_artifact(&artifact));
-                tasks.spawn(store.put_session_owned(snapshot));
-                while tasks.len() >= IN_FLIGHT {
-                    join_one(&mut tasks).await?;
+    let now = u64::try_from(now_secs).unwrap_or(0);
+    let shapes = shapes(spec, now)?;
+    let lists = route(store, spec)?;
+    std::thread::scope(|scope| {
+        // One shard's records queued while the writer loads the previous one.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<BulkRecord>>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<u64, StoreError>>();
+        let writer = std::thread::Builder::new()
+            .name("seed-load".into())
+            .spawn_scoped(scope, move || {
+                for records in rx {
+                    let n = records.len() as u64;
+                    let r = store.bulk_load(records, now_secs).map(|()| n);
+                    let failed = r.is_err();
+                    if done_tx.send(r).is_err() || failed {
+                        return;
+                    }
                 }
+            })?;
+        let mut loaded = 0u64;
+        let mut drain = |block: bool| -> Result<(), SeedError> {
+            loop {
+                let r = if block {
+                    match done_rx.recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                } else {
+                    match done_rx.try_recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                };
+                loaded += r?;
+                progress(loaded / 2);
             }
-            while !tasks.is_empty() {
-                join_one(&mut tasks).await?;
+        };
+        for list in &lists {
+            let records = par_map(list, |part| {
+                part.iter()
+                    .map(|&item| {
+                        let i = item & !ARTIFACT_BIT;
+                        if item & ARTIFACT_BIT != 0 {
+                            Ok(store.bulk_artifact(&artifact(store, spec, i, now_secs))?)
+                        } else {
+                            Ok(store.bulk_session(snapshot(spec, &shapes, i, now_secs)?)?)
+                        }
+                    })
+                    .collect()
+            })?;
+            drain(false)?;
+            if tx.send(records).is_err() {
+                // The writer stopped: its error is waiting.
+                break;
             }
-            Ok::<(), SeedError>(())
-        })?;
-        if end / COMPACT_EVERY != start / COMPACT_EVERY {
-            store.compact(now_secs)?;
         }
-        start = end;
-        progress(end);
-    }
-    store.compact(now_secs)?;
-    Ok(())
-}
-
-async fn join_one(
-    tasks: &mut tokio::task::JoinSet<Result<(), StoreError>>,
-) -> Result<(), SeedError> {
-    match tasks.join_next().await {
-        Some(Ok(r)) => Ok(r?),
-        Some(Err(e)) => Err(SeedError::Join(e.to_string())),
-        None => Ok(()),
-    }
+        drop(tx);
+        drain(true)?;
+        writer
+            .join()
+            .map_err(|_| SeedError::Join("loader".into()))?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -262,6 +491,7 @@ mod tests {
             token_seed: 7,
             window_secs: 3600,
             id_token: true,
+            dpop_every: 0,
         };
         let now = 1_800_000_000;
         let mut seen = 0;
@@ -284,5 +514,43 @@ mod tests {
         }
         assert_ne!(refresh_token(7, 1), refresh_token(7, 2));
         assert_ne!(refresh_token(7, 1), refresh_token(8, 1));
+    }
+
+    #[test]
+    fn templates_written_out_equal_what_build_template_makes_of_the_primarys_claims() {
+        let spec = SeedSpec {
+            sessions: 0,
+            alg: SigningAlg::Es256,
+            issuer: "https://login.example.com/t/v2.0".into(),
+            apps: 4,
+            resources: 3,
+            token_seed: 1,
+            window_secs: 3600,
+            id_token: true,
+            dpop_every: 0,
+        };
+        let now = 1_800_000_000u64;
+        let sh = shapes(&spec, now).unwrap();
+        for i in [0, 1, 7, 12_345, 9_999_999] {
+            let c = claims(&spec, i, now);
+            let at = PrimaryTokenShape {
+                typ: Some(Typ::AtJwt),
+                alg: spec.alg,
+            };
+            let id = PrimaryTokenShape {
+                typ: Some(Typ::Jwt),
+                alg: spec.alg,
+            };
+            assert_eq!(
+                with_claims(&sh.access, c.access_template),
+                template(&c.access_full, at, now).unwrap(),
+                "access token of session {i}"
+            );
+            assert_eq!(
+                with_claims(&sh.id, c.id_template),
+                template(&c.id_full, id, now).unwrap(),
+                "id token of session {i}"
+            );
+        }
     }
 }

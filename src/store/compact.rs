@@ -500,11 +500,47 @@ impl Engine {
     }
 
     pub(super) fn compact_group(&self, group: u32, now_secs: i64) -> Result<(), StoreError> {
+        self.compact_group_with(group, now_secs, &mut BTreeMap::new())
+    }
+
+    /// Bulk load (`Store::bulk_load`): a compaction of every group that `records` touch, with
+    /// each shard's bulk records merged in under its in-memory table.
+    pub(super) fn bulk_load(
+        &self,
+        records: Vec<super::BulkRecord>,
+        now_secs: i64,
+    ) -> Result<(), StoreError> {
+        let core = &self.core;
+        let mut by_shard: BTreeMap<u32, Vec<super::BulkRecord>> = BTreeMap::new();
+        for r in records {
+            by_shard
+                .entry(r.key.shard(core.shard_count))
+                .or_default()
+                .push(r);
+        }
+        let groups: std::collections::BTreeSet<u32> =
+            by_shard.keys().map(|&s| core.group_of(s)).collect();
+        for g in groups {
+            self.compact_group_with(g, now_secs, &mut by_shard)?;
+        }
+        debug_assert!(by_shard.is_empty());
+        Ok(())
+    }
+
+    /// Compacts `group`, merging `bulk`'s records of its shards (taken out of the map) into
+    /// their new segments.
+    fn compact_group_with(
+        &self,
+        group: u32,
+        now_secs: i64,
+        bulk: &mut BTreeMap<u32, Vec<super::BulkRecord>>,
+    ) -> Result<(), StoreError> {
         let core = &self.core;
         let _serial = core.compact_lock.lock().map_err(|_| StoreError::Closed)?;
         let new_generation = self.rotate(group)?;
         for shard_id in (0..core.shard_count).filter(|&s| core.group_of(s) == group) {
-            compact_shard(core, shard_id, now_secs)?;
+            let extra = bulk.remove(&shard_id).unwrap_or_default();
+            compact_shard(core, shard_id, now_secs, extra)?;
         }
         // Every shard of the group now has a durable segment covering the WAL generations
         // before `new_generation`: those files can go.
@@ -528,7 +564,12 @@ impl Engine {
     }
 }
 
-fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreError> {
+fn compact_shard(
+    core: &Core,
+    shard_id: u32,
+    now_secs: i64,
+    bulk: Vec<super::BulkRecord>,
+) -> Result<(), StoreError> {
     let Some(shard) = core.shards.get(shard_id as usize) else {
         return Ok(());
     };
@@ -537,11 +578,17 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
         .segments
         .iter()
         .any(|s| s.header().min_expires_at_secs <= now_secs);
-    if snap.mem.is_empty() && !expiring && snap.segments.len() <= 1 {
+    if snap.mem.is_empty() && !expiring && snap.segments.len() <= 1 && bulk.is_empty() {
         return Ok(());
     }
     // Merge oldest to newest so newer records replace older ones.
-    let mut live: HashMap<u128, RecordBytes> = HashMap::new();
+    let segment_records: u64 = snap.segments.iter().map(|s| s.header().record_count).sum();
+    let mut live: HashMap<u128, RecordBytes> = HashMap::with_capacity(
+        usize::try_from(segment_records)
+            .unwrap_or(0)
+            .saturating_add(bulk.len())
+            .saturating_add(snap.mem.len()),
+    );
     for seg in snap.segments.iter().rev() {
         if seg.is_failed() {
             continue;
@@ -549,6 +596,12 @@ fn compact_shard(core: &Core, shard_id: u32, now_secs: i64) -> Result<(), StoreE
         for (key, rec) in seg.records() {
             live.insert(key.0, rec);
         }
+    }
+    // Bulk records go over the segments and under the in-memory table: a put still in the WAL
+    // keeps its value, in memory now and after a crash (its WAL replays over this segment).
+    for r in bulk {
+        debug_assert_eq!(r.key.shard(core.shard_count), shard_id);
+        live.insert(r.key.0, r.rec);
     }
     for (key, v) in snap.mem.iter() {
         match &v.rec {

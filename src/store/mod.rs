@@ -422,6 +422,60 @@ fn check_revocation(r: &RevocationRecord) -> Result<(), StoreError> {
     check_len("revocation.subject", &r.subject)
 }
 
+fn encode_artifact(a: &ArtifactRecord) -> Result<Option<RecordBytes>, StoreError> {
+    [
+        ("tenant", &a.tenant),
+        ("user", &a.user),
+        ("device", &a.device),
+        ("app", &a.app),
+        ("resource", &a.resource),
+        ("family", &a.family),
+    ]
+    .into_iter()
+    .try_for_each(|(f, v)| check_len(f, v))?;
+    let body =
+        rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a)).map_err(|e| {
+            StoreError::Encode {
+                what: "artifact",
+                reason: e.to_string(),
+            }
+        })?;
+    prepared(kind::ARTIFACT, body)
+}
+
+/// A record serialized, size-checked and proven (bytecheck) for [`Store::bulk_load`]: built by
+/// [`Store::bulk_session`] or [`Store::bulk_artifact`] on any thread, as a put would on its
+/// caller's thread.
+pub struct BulkRecord {
+    key: RecordKey,
+    rec: RecordBytes,
+}
+
+impl BulkRecord {
+    /// The routing key.
+    pub fn key(&self) -> RecordKey {
+        self.key
+    }
+
+    /// Bytes of the archived record.
+    pub fn len_bytes(&self) -> usize {
+        self.rec.bytes().len()
+    }
+}
+
+fn bulk(
+    key: RecordKey,
+    rec: Result<Option<RecordBytes>, StoreError>,
+) -> Result<BulkRecord, StoreError> {
+    // `prepared` returns `Some` for every record; `None` is a tombstone, which a bulk load
+    // does not take.
+    rec?.map(|rec| BulkRecord { key, rec })
+        .ok_or(StoreError::Encode {
+            what: "bulk record",
+            reason: "no record".into(),
+        })
+}
+
 fn encode_session(d: &DiskSession) -> Result<Option<RecordBytes>, StoreError> {
     let body = rkyv::to_bytes::<rkyv::rancor::Error>(d).map_err(|e| StoreError::Encode {
         what: "session",
@@ -513,25 +567,50 @@ impl Store {
         a: &ArtifactRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
         let key = keys::artifact_key(&a.digest);
-        let prepared = [
-            ("tenant", &a.tenant),
-            ("user", &a.user),
-            ("device", &a.device),
-            ("app", &a.app),
-        ]
-        .into_iter()
-        .try_for_each(|(f, v)| check_len(f, v))
-        .and_then(|()| check_len("resource", &a.resource))
-        .and_then(|()| check_len("family", &a.family))
-        .and_then(|()| {
-            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&DiskArtifact::from_record(a))
-                .map_err(|e| StoreError::Encode {
-                    what: "artifact",
-                    reason: e.to_string(),
-                })?;
-            prepared(kind::ARTIFACT, body)
-        });
-        self.submit(key, prepared)
+        self.submit(key, encode_artifact(a))
+    }
+
+    /// The shard a routing key lives in (what [`Store::bulk_load`] groups by).
+    pub fn shard_of(&self, key: RecordKey) -> u32 {
+        key.shard(self.engine.core.shard_count)
+    }
+
+    /// Shards of this store (fixed at creation).
+    pub fn shard_count(&self) -> u32 {
+        self.engine.core.shard_count
+    }
+
+    /// Serializes, checks and proves a snapshot for [`Store::bulk_load`] (the same checks as
+    /// [`Store::put_session_owned`]). Pure CPU: call it from as many threads as there are cores.
+    pub fn bulk_session(&self, s: SessionSnapshot) -> Result<BulkRecord, StoreError> {
+        let key = self.engine.core.keys.session_key(&s.identity);
+        check_snapshot(&s)?;
+        bulk(key, encode_session(&DiskSession::from_owned(s)))
+    }
+
+    /// Serializes, checks and proves an artifact for [`Store::bulk_load`] (the same checks as
+    /// [`Store::put_artifact`]).
+    pub fn bulk_artifact(&self, a: &ArtifactRecord) -> Result<BulkRecord, StoreError> {
+        bulk(keys::artifact_key(&a.digest), encode_artifact(a))
+    }
+
+    /// Loads many records at once, bypassing the WAL: a compaction of every WAL group the
+    /// records route to, with each shard's records merged into its new segment (written
+    /// `tmp` → fsync → rename → fsync dir, then mapped and validated in full before it serves).
+    /// Returns once every touched shard's segment is durable and serving.
+    ///
+    /// Order: bulk records replace what the segments held, but sit *under* the in-memory
+    /// table, so a put not yet compacted keeps its value (in memory now, and after a crash,
+    /// when its WAL record replays over the new segment). Within `records` the last of a key
+    /// wins. Records expired at `now_secs` are dropped, as compaction drops them.
+    ///
+    /// Not atomic across shards: a crash part-way leaves the shards whose segment was renamed
+    /// loaded and the others as they were (each shard is all or nothing). Cost: every touched
+    /// shard's segment is rewritten, so load a shard's records in one call (group them with
+    /// [`Store::shard_of`]) rather than in many small ones. Blocks the calling thread (inside
+    /// an async runtime, call it through `spawn_blocking`).
+    pub fn bulk_load(&self, records: Vec<BulkRecord>, now_secs: i64) -> Result<(), StoreError> {
+        self.engine.bulk_load(records, now_secs)
     }
 
     /// Supersedes the session of `id`: later reads find nothing until a new put.
