@@ -97,6 +97,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The target of `--url`: where to connect, the `Host` header and the request path.
+#[derive(Debug)]
 struct Target {
     addr: std::net::SocketAddr,
     host: String,
