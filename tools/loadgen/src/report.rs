@@ -326,8 +326,10 @@ impl Report {
             "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "latency (µs)", "p50", "p90", "p99", "p99.9", "max", "mean"
         );
+        // In a closed loop every request is sent when its connection is free: no due time.
+        let open = s.rate_per_sec.is_some();
         for (name, p) in [
-            ("from due time (open loop)", &self.latency_us),
+            ("from due time", if open { &self.latency_us } else { &None }),
             ("from send", &self.service_us),
             ("send lag behind schedule", &self.send_lag_us),
         ] {
