@@ -177,8 +177,12 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     let plan = run::Plan {
         addr: target.addr,
-        host: target.host,
-        path: target.path,
+        host: hyper::header::HeaderValue::from_str(&target.host)
+            .with_context(|| format!("--url {:?}: host {:?}", cli.url, target.host))?,
+        path: target
+            .path
+            .parse()
+            .with_context(|| format!("--url {:?}: path {:?}", cli.url, target.path))?,
         htu: cli.htu.clone().unwrap_or_else(|| cli.url.clone()),
         method,
         population,

@@ -29,10 +29,10 @@ use crate::schedule::{Pace, pace, slot_count, slot_offset};
 pub struct Plan {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// `Host` header value.
-    pub host: String,
-    /// Request target (path and query).
-    pub path: String,
+    /// `Host` header value (parsed once: every request clones it).
+    pub host: hyper::header::HeaderValue,
+    /// Request target (path and query), parsed once.
+    pub path: hyper::Uri,
     /// `htu` of DPoP proofs.
     pub htu: String,
     /// Request method (POST with a population, else as given).
@@ -299,8 +299,8 @@ fn build_request(shared: &Shared, slot: u64) -> (usize, Built) {
     let plan = &shared.plan;
     let mut builder = Request::builder()
         .method(plan.method.clone())
-        .uri(plan.path.as_str())
-        .header(hyper::header::HOST, plan.host.as_str());
+        .uri(plan.path.clone())
+        .header(hyper::header::HOST, plan.host.clone());
     let Some(population) = plan.population.as_deref() else {
         return (0, builder.body(Full::new(Bytes::new())));
     };
