@@ -313,8 +313,11 @@ def main():
         result["population"] = {cls: classes.count(cls) for cls in sorted(set(classes))}
 
         # One served token: its size sets the floor's body, its signing input the bare signature's.
+        # (A session without DPoP: this probe cannot sign a proof.)
         with open(population) as f:
-            probe = next(l.split() for l in f if l.rstrip().endswith("class:hit") and len(l.split()) == 4)
+            probe = next((l.split() for l in f if l.rstrip().endswith("class:hit") and len(l.split()) == 4), None)
+        if probe is None:
+            sys.exit("every hit session is DPoP-bound: one without DPoP is needed to size the floor's body")
         form = urllib.parse.urlencode({"grant_type": "refresh_token", "client_id": probe[0],
                                        "refresh_token": probe[1], "resource": probe[2]})
         req = urllib.request.Request(f"{issuer}/token", method="POST", data=form.encode(),
