@@ -32,8 +32,9 @@ impl std::error::Error for LineError {}
 pub struct Session {
     /// The form body: `grant_type=refresh_token&client_id=..&refresh_token=..&resource=..`.
     pub body: Bytes,
-    /// The Ed25519 key the session is bound to (RFC 9449), if any.
-    pub dpop: Option<crate::dpop::Prover>,
+    /// The Ed25519 key the session is bound to (RFC 9449), if any (boxed: a key is ~250 bytes
+    /// and most sessions of a large population have none).
+    pub dpop: Option<Box<crate::dpop::Prover>>,
     /// Index into [`Population::classes`].
     pub class: usize,
 }
@@ -85,7 +86,7 @@ pub fn parse(text: &str) -> Result<Population, LineError> {
                 }
                 dpop = Some(
                     parse_dpop_key(key)
-                        .map(crate::dpop::Prover::new)
+                        .map(|key| Box::new(crate::dpop::Prover::new(key)))
                         .map_err(|e| err(format!("field {field_number} (dpop): {e}")))?,
                 );
             } else if let Some(name) = extra.strip_prefix("class:") {
