@@ -390,6 +390,10 @@ def print_table(r, args):
           f"{r['backstop_cpu_s_per_1000_tokens']:.4f} s / 1000 token responses; floor http "
           f"{r['floor_cpu_s_per_1000_requests']:.4f} s / 1000 requests + sign {r['sign_us']:.2f} us CPU "
           f"({r['sign']['wall_us_per_signature']:.2f} us wall)")
+    bc, fc = b["server_cpu"], f["server_cpu"]
+    print(f"  user / system        backstop {bc['user_seconds'] * 1e6 / max(1, b['requests']):.1f} / "
+          f"{bc['system_seconds'] * 1e6 / max(1, b['requests']):.1f} us per request; floor "
+          f"{fc['user_seconds'] * 1e6 / max(1, f['requests']):.1f} / {fc['system_seconds'] * 1e6 / max(1, f['requests']):.1f}")
     print(f"  ratio to floor       {r['ratio_to_floor']:.3f}  (backstop CPU / (floor http x requests + token responses x "
           f"{r['signatures_per_token_response']} bare signatures))")
     print(f"  throughput           backstop {b['throughput_per_sec']:.0f} req/s ({b['unsent']} not sent), floor {f['throughput_per_sec']:.0f} req/s")

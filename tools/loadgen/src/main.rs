@@ -196,21 +196,21 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
 
     let server_before = cli
         .server_pid
-        .map(|pid| cpu::cpu_seconds(Some(pid)))
+        .map(|pid| cpu::cpu_time(Some(pid)))
         .transpose()?;
-    let client_before = cpu::cpu_seconds(None)?;
+    let client_before = cpu::cpu_time(None)?;
     let (stats, scheduled, elapsed) = run::run(plan)?;
-    let client_after = cpu::cpu_seconds(None)?;
+    let client_after = cpu::cpu_time(None)?;
     let server_after = cli
         .server_pid
-        .map(|pid| cpu::cpu_seconds(Some(pid)))
+        .map(|pid| cpu::cpu_time(Some(pid)))
         .transpose()?;
 
     let measured = report::Measured {
         scheduled,
         elapsed_secs: elapsed.as_secs_f64(),
-        server_cpu_secs: server_before.zip(server_after).map(|(b, a)| a - b),
-        client_cpu_secs: client_after - client_before,
+        server_cpu: server_before.zip(server_after).map(|(b, a)| a.since(&b)),
+        client_cpu: client_after.since(&client_before),
     };
     let report = report::Report::new(setup, &classes, &stats, &measured);
     let json = serde_json::to_string_pretty(&report).context("serializing the report")?;

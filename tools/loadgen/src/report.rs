@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::CpuTime;
+
 /// Outcome of one request: a response's status and RFC 6749 `error` code, or a transport
 /// failure (status 0, `error` naming it: `connect`, `io`, `timeout`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -159,6 +161,10 @@ pub struct OutcomeCount {
 pub struct Cpu {
     /// user + system seconds.
     pub seconds: f64,
+    /// Of which user time.
+    pub user_seconds: f64,
+    /// Of which system time.
+    pub system_seconds: f64,
     /// Seconds per 1 000 completed requests (= ms per request).
     pub seconds_per_1000_requests: f64,
     /// Microseconds per completed request.
@@ -166,7 +172,8 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    fn new(seconds: f64, requests: u64) -> Self {
+    fn new(time: CpuTime, requests: u64) -> Self {
+        let seconds = time.total_secs();
         let per = if requests == 0 {
             0.0
         } else {
@@ -174,6 +181,8 @@ impl Cpu {
         };
         Cpu {
             seconds,
+            user_seconds: time.user_secs,
+            system_seconds: time.system_secs,
             seconds_per_1000_requests: per * 1_000.0,
             us_per_request: per * 1e6,
         }
@@ -217,10 +226,10 @@ pub struct Measured {
     pub scheduled: Option<u64>,
     /// Wall-clock seconds of the run.
     pub elapsed_secs: f64,
-    /// Server CPU seconds over the run.
-    pub server_cpu_secs: Option<f64>,
-    /// Own CPU seconds over the run.
-    pub client_cpu_secs: f64,
+    /// Server CPU time over the run.
+    pub server_cpu: Option<CpuTime>,
+    /// Own CPU time over the run.
+    pub client_cpu: CpuTime,
 }
 
 impl Report {
@@ -259,8 +268,8 @@ impl Report {
             } else {
                 0.0
             },
-            server_cpu: measured.server_cpu_secs.map(|s| Cpu::new(s, responded)),
-            client_cpu: Cpu::new(measured.client_cpu_secs, requests),
+            server_cpu: measured.server_cpu.map(|t| Cpu::new(t, responded)),
+            client_cpu: Cpu::new(measured.client_cpu, requests),
             latency_us: Percentiles::of_ns(&stats.latency_ns),
             service_us: Percentiles::of_ns(&stats.service_ns),
             send_lag_us: Percentiles::of_ns(&stats.send_lag_ns),
@@ -294,10 +303,12 @@ impl Report {
             Some(cpu) => {
                 let _ = writeln!(
                     out,
-                    "server CPU: {:.3} s per 1000 requests ({:.2} µs/request; {:.2} s over the run, pid {})",
+                    "server CPU: {:.3} s per 1000 requests ({:.2} µs/request; {:.2} s over the run: {:.2} user + {:.2} system; pid {})",
                     cpu.seconds_per_1000_requests,
                     cpu.us_per_request,
                     cpu.seconds,
+                    cpu.user_seconds,
+                    cpu.system_seconds,
                     s.server_pid.unwrap_or(0),
                 );
             }
@@ -430,8 +441,14 @@ mod tests {
             &Measured {
                 scheduled: Some(2_010),
                 elapsed_secs: 2.0,
-                server_cpu_secs: Some(0.03),
-                client_cpu_secs: 0.04,
+                server_cpu: Some(CpuTime {
+                    user_secs: 0.02,
+                    system_secs: 0.01,
+                }),
+                client_cpu: CpuTime {
+                    user_secs: 0.04,
+                    system_secs: 0.0,
+                },
             },
         );
         assert_eq!(
@@ -443,6 +460,8 @@ mod tests {
         let server = r.server_cpu.as_ref().unwrap();
         assert!((server.us_per_request - 20.0).abs() < 1e-9);
         assert!((server.seconds_per_1000_requests - 0.02).abs() < 1e-12);
+        assert!((server.user_seconds - 0.02).abs() < 1e-12);
+        assert!((server.system_seconds - 0.01).abs() < 1e-12);
         assert!((r.client_cpu.us_per_request - 20.0).abs() < 1e-9);
         let lat = r.latency_us.as_ref().unwrap();
         // 1 000 values 1..1000 µs and 1 000 of 2 µs: the median is 2 µs, p90 800 µs.
@@ -495,8 +514,8 @@ mod tests {
             &Measured {
                 scheduled: None,
                 elapsed_secs: 0.0,
-                server_cpu_secs: None,
-                client_cpu_secs: 0.0,
+                server_cpu: None,
+                client_cpu: CpuTime::default(),
             },
         );
         assert_eq!(r.requests, 0);
