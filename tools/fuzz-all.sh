@@ -79,7 +79,6 @@ failed=()
 summary=()
 for t in "${targets[@]}"; do
   mkdir -p "$corpus_root/$t" "artifacts/$t"
-  before=$(ls -A "artifacts/$t")
   log=$logs/$t.log
   t0=$SECONDS
   status=0
@@ -98,7 +97,8 @@ for t in "${targets[@]}"; do
   summary+=("$line  FAILED (exit $status)")
   echo "  $line  FAILED (exit $status); last lines of $log:"
   tail -n 40 "$log" | sed 's/^/    | /'
-  new=$(comm -13 <(printf '%s\n' "$before" | sort) <(ls -A "artifacts/$t" | sort) | sed '/^$/d')
+  # cargo-fuzz names the reproducer in its report ("Failing input: artifacts/<t>/crash-…").
+  new=$(grep -oE "artifacts/$t/[A-Za-z0-9_.-]+" "$log" | sed "s|^artifacts/$t/||" | sort -u || true)
   if [ -n "$new" ]; then
     while IFS= read -r a; do
       echo "    reproducer: $root/fuzz/artifacts/$t/$a"
