@@ -217,8 +217,9 @@ fn set_mode(body: &Bytes, shared: &Shared) -> Reply {
     status(shared)
 }
 
-/// The mode a `POST /admin/mode` body asks for: exactly `{"mode": "outage" | "normal" |
-/// "auto"}` (unknown members refused); `None` for anything else (the caller answers 400).
+/// The mode a `POST /admin/mode` body asks for: `{"mode": "outage" | "normal" | "auto"}`
+/// (unknown and repeated members refused; serde also reads the struct from a one-element array,
+/// `["outage"]`, which is harmless); `None` for anything else (the caller answers 400).
 pub(crate) fn parse_mode_body(body: &[u8]) -> Option<Mode> {
     serde_json::from_slice::<ModeRequest>(body)
         .ok()
