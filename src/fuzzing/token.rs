@@ -13,14 +13,19 @@ use crate::token::mint::{
     PrimaryTokenShape, TIME_CLAIMS, TemplateMeta, TemplateRef, build_template,
 };
 
-/// RFC 8037's public test key, so fuzzed tokens can reach signature verification.
-fn keys() -> KeySet {
+/// RFC 8037 Appendix A's Ed25519 public key.
+pub(crate) fn rfc8037_public_key() -> PublicKey {
     let x = [
         0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07,
         0x3a, 0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07,
         0x51, 0x1a,
     ];
-    KeySet::from_ours(&[PublicJwk::ours(PublicKey::Ed25519 { x }, Alg::EdDsa)]).unwrap_or_default()
+    PublicKey::Ed25519 { x }
+}
+
+/// RFC 8037's public test key, so fuzzed tokens can reach signature verification.
+fn keys() -> KeySet {
+    KeySet::from_ours(&[PublicJwk::ours(rfc8037_public_key(), Alg::EdDsa)]).unwrap_or_default()
 }
 
 /// JWS compact parsing, then full JWT verification against a one-key set.

@@ -12,5 +12,6 @@ mod token_request;
 pub use error::OAuthError;
 pub use form::{Form, FormError};
 pub use token_request::{
-    ClientAuth, Credential, JWT_BEARER_ASSERTION, REPEATABLE, RequestError, TokenRequest,
+    BasicCredentials, ClientAuth, Credential, JWT_BEARER_ASSERTION, REPEATABLE, RequestError,
+    TokenRequest, parse_basic_auth,
 };

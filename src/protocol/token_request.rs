@@ -251,7 +251,7 @@ fn client_auth<'a>(
     let body_secret = form.get("client_secret");
     let assertion = form.get("client_assertion");
     let assertion_type = form.get("client_assertion_type");
-    let basic = authorization.map(parse_basic).transpose()?;
+    let basic = authorization.map(parse_basic_auth).transpose()?;
 
     let methods = usize::from(basic.is_some())
         + usize::from(body_secret.is_some())
@@ -263,7 +263,7 @@ fn client_auth<'a>(
         ));
     }
 
-    if let Some((client_id, secret)) = basic {
+    if let Some(BasicCredentials { client_id, secret }) = basic {
         if body_id.is_some_and(|id| id != client_id) {
             return Err(RequestError::new(
                 OAuthError::InvalidRequest,
@@ -318,8 +318,21 @@ fn check_credential_len<'v>(name: &str, value: &'v str) -> Result<&'v str, Reque
     Ok(value)
 }
 
-/// RFC 6749 §2.3.1 / RFC 7617: `Basic base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(header: &[u8]) -> Result<(Cow<'static, str>, Credential<'static>), RequestError> {
+/// The client credentials of an HTTP Basic `Authorization` header, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// The client identifier: never empty, at most `limits::CLIENT_CREDENTIAL_BYTES_MAX` bytes.
+    pub client_id: Cow<'static, str>,
+    /// The client secret (may be empty), at most `limits::CLIENT_CREDENTIAL_BYTES_MAX` bytes.
+    pub secret: Credential<'static>,
+}
+
+/// Parses an `Authorization` header value as client authentication (RFC 6749 §2.3.1, RFC
+/// 7617): `Basic base64(urlencode(id) ":" urlencode(secret))`, the scheme case-insensitive.
+/// The id and secret are each form-decoded (`%XX`, `+`) and must be UTF-8; the id stops at the
+/// first `:`, so an id containing one must send it escaped. Every refusal is
+/// `invalid_client`, naming what was wrong but never a value.
+pub fn parse_basic_auth(header: &[u8]) -> Result<BasicCredentials, RequestError> {
     let bad = |why: &str| {
         RequestError::new(
             OAuthError::InvalidClient,
@@ -354,10 +367,10 @@ fn parse_basic(header: &[u8]) -> Result<(Cow<'static, str>, Credential<'static>)
     }
     check_credential_len("client_id", &id)?;
     check_credential_len("client_secret", &secret)?;
-    Ok((
-        Cow::Owned(id.into_owned()),
-        Credential(Cow::Owned(secret.into_owned())),
-    ))
+    Ok(BasicCredentials {
+        client_id: Cow::Owned(id.into_owned()),
+        secret: Credential(Cow::Owned(secret.into_owned())),
+    })
 }
 
 fn resources<'a>(form: &'a Form<'a>) -> Result<Vec<&'a str>, RequestError> {

@@ -122,14 +122,11 @@ fn put_policies(parts: &Parts, body: &Bytes, shared: &Shared) -> Reply {
 
 /// `GET /admin/revocations?subject_type=&subject_id=&kind=&since=`.
 fn list_revocations(parts: &Parts, shared: &Shared) -> Reply {
-    let query = parts.uri.query().unwrap_or("");
-    let form = match crate::protocol::Form::parse(query.as_bytes(), &[]) {
-        Ok(f) => f,
-        Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
-    };
-    let filter = match crate::revocation::AdminQuery::from_pairs(form.pairs()) {
+    let filter = match parse_revocation_query(parts.uri.query().unwrap_or("").as_bytes()) {
         Ok(q) => q,
-        Err(e) => return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+        Err(description) => {
+            return admin_error(StatusCode::BAD_REQUEST, "invalid_request", &description);
+        }
     };
     let events: Vec<serde_json::Value> = shared
         .revocations
@@ -144,6 +141,16 @@ fn list_revocations(parts: &Parts, shared: &Shared) -> Reply {
             .to_string()
             .into_bytes(),
     )
+}
+
+/// The query string of `GET /admin/revocations` (without the `?`) as its filter: form-decoded
+/// strictly (no repeats), then each parameter checked. `Err` holds the 400's description,
+/// which names the parameter, never its value.
+pub(crate) fn parse_revocation_query(
+    query: &[u8],
+) -> Result<crate::revocation::AdminQuery, String> {
+    let form = crate::protocol::Form::parse(query, &[]).map_err(|e| e.to_string())?;
+    crate::revocation::AdminQuery::from_pairs(form.pairs()).map_err(|e| e.to_string())
 }
 
 /// `POST /admin/revocations` with `{"id", "kind", "subject": {"type", "id"}, "time"}`:
@@ -200,8 +207,7 @@ struct ModeRequest {
 /// `POST /admin/mode` with `{"mode": "outage" | "normal" | "auto"}`: force a mode for a drill,
 /// or hand the decision back to the breakers.
 fn set_mode(body: &Bytes, shared: &Shared) -> Reply {
-    let parsed: Result<ModeRequest, _> = serde_json::from_slice(body);
-    let Some(mode) = parsed.ok().and_then(|r| Mode::parse(&r.mode)) else {
+    let Some(mode) = parse_mode_body(body) else {
         return json(
             StatusCode::BAD_REQUEST,
             br#"{"error":"invalid_request","error_description":"body must be {\"mode\": \"outage\" | \"normal\" | \"auto\"}"}"#.to_vec(),
@@ -219,6 +225,15 @@ fn set_mode(body: &Bytes, shared: &Shared) -> Reply {
     status(shared)
 }
 
+/// The mode a `POST /admin/mode` body asks for: `{"mode": "outage" | "normal" | "auto"}`
+/// (unknown and repeated members refused; serde also reads the struct from a one-element array,
+/// `["outage"]`, which is harmless); `None` for anything else (the caller answers 400).
+pub(crate) fn parse_mode_body(body: &[u8]) -> Option<Mode> {
+    serde_json::from_slice::<ModeRequest>(body)
+        .ok()
+        .and_then(|r| Mode::parse(&r.mode))
+}
+
 fn authorized(parts: &Parts, shared: &Shared) -> bool {
     let Some(expected) = shared.config.admin_token.as_ref() else {
         return false;
@@ -233,7 +248,7 @@ fn authorized(parts: &Parts, shared: &Shared) -> bool {
 
 /// The credentials of an `Authorization: Bearer <token>` header (RFC 6750 §2.1; the scheme is
 /// case-insensitive).
-fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
 }
@@ -277,7 +292,8 @@ struct StoreStatus {
     failed_groups: Vec<String>,
 }
 
-fn mode_label(mode: Mode) -> &'static str {
+/// The admin API's name of a mode (`POST /admin/mode`'s value, `/admin/status`'s `forced`).
+pub(crate) fn mode_label(mode: Mode) -> &'static str {
     match mode {
         Mode::Auto => "auto",
         Mode::ForcedNormal => "normal",

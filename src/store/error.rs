@@ -209,4 +209,8 @@ pub enum WalRecordError {
         /// The kind byte.
         kind: u8,
     },
+    /// A reserved byte after the kind is not zero (no format writes one; a record that uses it
+    /// is not ours to read).
+    #[error("record reserved bytes not zero")]
+    Reserved,
 }

@@ -664,6 +664,10 @@ pub fn upgrade(bytes: &[u8]) -> Result<Vec<u8>, SegmentError> {
         occupied,
     } = check_layout(&b)?;
     if h.format_version == FORMAT_VERSION {
+        // Nothing to convert, but the same promise: what comes out validates. (Found by the
+        // `store_segment_upgrade` fuzz target: a current-format segment whose records fail
+        // validation was passed through unchecked.)
+        validate(&Backing::Heap(b))?;
         return Ok(bytes.to_vec());
     }
     let mut converted = Vec::with_capacity(occupied.len());
@@ -786,6 +790,22 @@ mod tests {
                 (key, rkyv::to_bytes::<rkyv::rancor::Error>(&s).unwrap())
             })
             .collect()
+    }
+
+    /// Regression (fuzz target `store_segment_upgrade`, seed
+    /// `current_format_with_an_invalid_record`): `upgrade` passed a current-format segment
+    /// through without validating its records, so its output could fail validation.
+    #[test]
+    fn upgrade_validates_a_current_format_segment_instead_of_passing_it_through() {
+        let (_, good) = built(3);
+        assert_eq!(upgrade(&good).as_deref(), Ok(&good[..]));
+        let input = include_bytes!(
+            "../../fuzz/corpus-seed/store_segment_upgrade/current_format_with_an_invalid_record"
+        );
+        let mut bytes = input[1..].to_vec();
+        reseal(&mut bytes);
+        assert!(matches!(upgrade(&bytes), Err(SegmentError::Record { .. })));
+        crate::fuzzing::store::segment_upgrade(input);
     }
 
     fn built(n: u64) -> (Vec<(RecordKey, AlignedVec<RECORD_ALIGN>)>, Vec<u8>) {

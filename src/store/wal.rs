@@ -172,7 +172,13 @@ pub fn decode_record(b: &[u8]) -> Result<(WalRecord<'_>, usize), WalRecordError>
     }
     let (fixed, body) = payload.split_at(PAYLOAD_FIXED_BYTES);
     let (kind_and_reserved, key_bytes) = fixed.split_at(8);
-    let kind_byte = kind_and_reserved.first().copied().unwrap_or(0);
+    let (kind, reserved) = kind_and_reserved.split_at(1);
+    let kind_byte = kind.first().copied().unwrap_or(0);
+    // Found by the `store_wal` fuzz target: a non-zero reserved byte under a valid checksum
+    // was accepted, and re-encoding the record gave other bytes.
+    if reserved.iter().any(|&b| b != 0) {
+        return Err(WalRecordError::Reserved);
+    }
     let key = u128::from_le_bytes(
         key_bytes
             .try_into()
@@ -258,6 +264,23 @@ mod tests {
         encode_record(kind::SESSION, RecordKey(7), b"body-one", &mut v);
         encode_record(kind::TOMBSTONE, RecordKey(9), b"", &mut v);
         v
+    }
+
+    /// Regression (fuzz target `store_wal`, seed `reserved_byte_under_valid_checksum`): a
+    /// record whose reserved bytes are not zero but whose checksum covers them was accepted.
+    #[test]
+    fn a_record_with_nonzero_reserved_bytes_is_refused_even_under_a_valid_checksum() {
+        let mut v = Vec::new();
+        encode_record(kind::SESSION, RecordKey(7), b"body", &mut v);
+        v[RECORD_HEADER_BYTES + 4] = 6;
+        let len = u32::from_le_bytes(v[..4].try_into().unwrap());
+        let sum = checksum(len, &v[RECORD_HEADER_BYTES..]);
+        v[4..12].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode_record(&v), Err(WalRecordError::Reserved));
+        let crash =
+            include_bytes!("../../fuzz/corpus-seed/store_wal/reserved_byte_under_valid_checksum");
+        assert_eq!(decode_record(crash), Err(WalRecordError::Reserved));
+        crate::fuzzing::store::wal_records(crash);
     }
 
     #[test]
