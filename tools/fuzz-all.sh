@@ -15,6 +15,11 @@
 #   BACKSTOP_FUZZ_INPUT_TIMEOUT_SECS
 #                          libFuzzer's -timeout: one input slower than this is a failure
 #                          (default 25; generous for a loaded 2-core machine).
+#   BACKSTOP_FUZZ_BUDGET_SECS
+#                          wall-clock budget of the whole script, build included (default: none).
+#                          A build that does not finish inside it is stopped, and targets that
+#                          no longer fit are not started; both are reported by name, and the
+#                          script then exits 3 (not 1: nothing failed, something did not run).
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`; .ci/run
 # installs a pinned version). Builds all targets once, then runs each. A crash, leak, timeout
@@ -70,14 +75,35 @@ done
 logs=$(mktemp -d "${TMPDIR:-/tmp}/backstop-fuzz-logs.XXXXXX")
 echo "fuzz-all: ${#targets[@]} targets, ${secs}s each; corpora under $corpus_root; logs in $logs"
 
+budget=${BACKSTOP_FUZZ_BUDGET_SECS:-}
+case $budget in
+  *[!0-9]*) echo "fuzz-all: BACKSTOP_FUZZ_BUDGET_SECS must be a whole number, got '$budget'" >&2; exit 2 ;;
+esac
+
 cd fuzz
 started=$SECONDS
-cargo +nightly fuzz build
+if [ -n "$budget" ]; then
+  build_status=0
+  timeout "$budget" cargo +nightly fuzz build || build_status=$?
+  if [ "$build_status" -eq 124 ]; then
+    echo "fuzz-all: NOT RUN: the fuzz build did not finish inside the ${budget}s budget"
+    exit 3
+  elif [ "$build_status" -ne 0 ]; then
+    exit "$build_status"
+  fi
+else
+  cargo +nightly fuzz build
+fi
 echo "fuzz-all: build took $((SECONDS - started))s"
 
 failed=()
 summary=()
+skipped=()
 for t in "${targets[@]}"; do
+  if [ -n "$budget" ] && [ $((SECONDS - started + secs + 15)) -gt "$budget" ]; then
+    skipped+=("$t")
+    continue
+  fi
   mkdir -p "$corpus_root/$t" "artifacts/$t"
   log=$logs/$t.log
   t0=$SECONDS
@@ -113,8 +139,14 @@ done
 echo
 echo "fuzz-all: summary (${secs}s per target, $((SECONDS - started))s in all with the build)"
 printf '  %s\n' "${summary[@]}"
+if [ ${#skipped[@]} -gt 0 ]; then
+  echo "fuzz-all: NOT RUN (outside the ${budget}s budget): ${skipped[*]}"
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz-all: ${#failed[@]} failure(s):"
   printf '  %s\n' "${failed[@]}"
   exit 1
+fi
+if [ ${#skipped[@]} -gt 0 ]; then
+  exit 3
 fi
