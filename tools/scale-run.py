@@ -163,7 +163,9 @@ def loadgen(url, population, pid, args, out_json):
            "--rate", str(args.rate), "--seconds", str(args.seconds),
            "--connections", str(args.connections), "--server-pid", str(pid),
            "--json", out_json, "--format", "json"]
-    if not args.spread:
+    if args.client_cpu is not None:
+        cmd += ["--pin", str(args.client_cpu)]
+    elif not args.spread:
         cmd += ["--pin", "0"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out_json) as f:
@@ -221,6 +223,9 @@ def main():
     ap.add_argument("--share-policy", type=float, default=0.05)
     ap.add_argument("--spread", action="store_true",
                     help="let client and servers use any vCPU (default: all pinned to vCPU 0)")
+    ap.add_argument("--client-cpu", type=int, default=None,
+                    help="pin the load generator to this vCPU instead (servers stay on vCPU 0): "
+                         "the latency setup, client and server never compete for one core")
     ap.add_argument("--work-dir", help="where the data directory goes (default: a new temp dir, removed after)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", default=None, help="result file (default: WORK/scale-run.json, printed)")
@@ -239,7 +244,8 @@ def main():
     issuer = f"http://127.0.0.1:{port}"
     result = {"sessions": args.sessions, "alg": args.alg, "signatures_per_token_response": signatures,
               "rate": args.rate, "seconds": args.seconds, "connections": args.connections,
-              "pinned_to_vcpu0": not args.spread, "backstop_workers": 1}
+              "pinned_to_vcpu0": not args.spread, "client_cpu": args.client_cpu,
+              "backstop_workers": 1}
     procs = []
     try:
         print(f"seeding {args.sessions} {args.alg} sessions in {data} ...", file=sys.stderr)
@@ -379,6 +385,8 @@ def print_table(r, args):
     b, f = r["backstop"], r["floor"]
     lat = b["latency_us"] or {}
     pin = "all on vCPU 0" if r["pinned_to_vcpu0"] else "unpinned"
+    if r.get("client_cpu") is not None:
+        pin = f"servers on vCPU 0, load generator on vCPU {r['client_cpu']}"
     print(f"scale run: {r['sessions']} sessions, {r['alg']} ({r['signatures_per_token_response']} tokens per response), "
           f"open loop {args.rate}/s for {args.seconds} s, {args.connections} connections, 1 backstop worker, {pin}; "
           f"population {sum(r['population'].values())} lines {r['population']}")
