@@ -152,7 +152,7 @@ pub(crate) async fn handle(
     drop(form);
 
     let upstream_started = Instant::now();
-    let outcome = forward(gate, parts.clone(), body.clone(), peer_ip, captured, ctx).await;
+    let outcome = forward(gate, &parts, body.clone(), peer_ip, captured, ctx).await;
     metrics.upstream_latency(upstream_started.elapsed());
     match outcome {
         Ok(reply) => {
@@ -184,13 +184,13 @@ pub(crate) async fn handle(
 /// acted: ambiguous, and answered by the backup.
 async fn forward(
     gate: &super::gate::Gate,
-    parts: hyper::http::request::Parts,
+    parts: &hyper::http::request::Parts,
     body: Bytes,
     peer_ip: &HeaderValue,
     captured: super::capture::Pending,
     ctx: &HandlerCtx,
 ) -> Result<Reply, UpstreamFailure> {
-    let response = gate.upstream.forward(parts, body, peer_ip).await?;
+    let response = gate.upstream.forward_borrowed(parts, body, peer_ip).await?;
     let status = response.status();
     let (mut head, incoming) = response.into_parts();
     super::upstream::strip_hop_by_hop(&mut head.headers);
