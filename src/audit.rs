@@ -112,6 +112,198 @@ fn serialize_request_id<S: serde::Serializer>(id: &(usize, u64), s: S) -> Result
     s.collect_str(&format_args!("w{}-{}", id.0, id.1))
 }
 
+impl AuditRecord {
+    /// Appends the record as one JSON object, byte for byte what `serde_json::to_vec` makes of
+    /// it (pinned by a test), without serde's flatten machinery: the writer thread encodes
+    /// every backup decision, so at full load this is most of its work.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut obj = JsonObject::start(out);
+        obj.u64("time_ms", self.time_ms);
+        match &self.event {
+            AuditEvent::BreakerTransition {
+                worker,
+                from,
+                to,
+                cause,
+            } => {
+                obj.str("event", "breaker_transition");
+                obj.u64("worker", *worker as u64);
+                obj.str("from", from);
+                obj.str("to", to);
+                obj.str("cause", cause);
+            }
+            AuditEvent::ModeSet { from, to } => {
+                obj.str("event", "mode_set");
+                obj.str("from", from);
+                obj.str("to", to);
+            }
+            AuditEvent::AmbiguousUpstreamFailure {
+                worker,
+                failure,
+                path,
+            } => {
+                obj.str("event", "ambiguous_upstream_failure");
+                obj.u64("worker", *worker as u64);
+                obj.str("failure", failure);
+                obj.str("path", path);
+            }
+            AuditEvent::BackupDecision {
+                request_id,
+                worker,
+                grant_type,
+                client,
+                user,
+                session_key,
+                decision,
+                reason,
+                rule,
+                detail,
+                cause,
+                ambiguous,
+                latency_us,
+            } => {
+                obj.str("event", "backup_decision");
+                let out = obj.key("request_id");
+                out.extend_from_slice(b"\"w");
+                push_u64(out, request_id.0 as u64);
+                out.push(b'-');
+                push_u64(out, request_id.1);
+                out.push(b'"');
+                obj.u64("worker", *worker as u64);
+                obj.str("grant_type", grant_type);
+                obj.str("client", client);
+                obj.str("user", user);
+                let out = obj.key("session_key");
+                out.push(b'"');
+                if let Some(k) = session_key {
+                    push_hex128(out, *k);
+                }
+                out.push(b'"');
+                obj.str("decision", decision);
+                obj.str("reason", reason);
+                if let Some(rule) = rule {
+                    obj.u64("rule", u64::from(*rule));
+                }
+                if let Some(detail) = detail {
+                    obj.str("detail", detail);
+                }
+                obj.str("cause", cause);
+                let out = obj.key("ambiguous");
+                out.extend_from_slice(if *ambiguous { b"true" } else { b"false" });
+                obj.u64("latency_us", *latency_us);
+            }
+        }
+        obj.end();
+    }
+}
+
+/// A JSON object being appended to a buffer, member by member.
+struct JsonObject<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn start(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, first: true }
+    }
+
+    /// Writes `"name":` (after a comma unless first) and hands back the buffer for the value.
+    /// Names are our own ASCII identifiers: nothing to escape.
+    fn key(&mut self, name: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        let out = self.key(name);
+        push_json_str(out, value);
+    }
+
+    fn u64(&mut self, name: &str, value: u64) {
+        let out = self.key(name);
+        push_u64(out, value);
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes (RFC 8259 §7: `"`, `\\` and
+/// control characters; the short forms where JSON has them, else `\u00XX` in lowercase hex).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    {
+        let (run, tail) = rest.split_at(i);
+        out.extend_from_slice(run);
+        let Some((&b, tail)) = tail.split_first() else {
+            break;
+        };
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                // b < 0x20: both nibbles index the table.
+                out.extend(
+                    [b >> 4, b & 0x0f]
+                        .iter()
+                        .filter_map(|n| HEX.get(usize::from(*n))),
+                );
+            }
+        }
+        rest = tail;
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
+}
+
+/// Appends `v` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            // `v % 10` < 10: the cast cannot truncate.
+            *d = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+/// Appends `k` as 32 lowercase hex digits.
+fn push_hex128(out: &mut Vec<u8>, k: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..32)
+            .rev()
+            .filter_map(|i| HEX.get(((k >> (i * 4)) & 0xf) as usize)),
+    );
+}
+
 /// Limits of the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditLimits {
@@ -202,6 +394,7 @@ pub fn start(dir: &Path, limits: AuditLimits) -> Result<(AuditSink, JoinHandle<(
         limits,
         out: BufWriter::new(file),
         size,
+        line: Vec::with_capacity(512),
     };
     let handle = std::thread::Builder::new()
         .name("backstop-audit".into())
@@ -230,6 +423,8 @@ struct Writer {
     limits: AuditLimits,
     out: BufWriter<File>,
     size: u64,
+    /// The line being encoded, reused: the writer allocates nothing per record.
+    line: Vec<u8>,
 }
 
 impl Writer {
@@ -265,13 +460,9 @@ impl Writer {
     }
 
     fn write(&mut self, record: &AuditRecord) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "audit record could not be encoded");
-                return;
-            }
-        };
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        record.write_json(&mut line);
         line.push(b'\n');
         if self.size > 0
             && self.size + line.len() as u64 > self.limits.file_bytes_max
@@ -283,6 +474,7 @@ impl Writer {
             Ok(()) => self.size += line.len() as u64,
             Err(e) => tracing::error!(error = %e, "audit log write failed"),
         }
+        self.line = line;
     }
 
     /// `audit.jsonl` → `audit.1.jsonl` → ... → `audit.N.jsonl`; the oldest beyond N is deleted.
@@ -330,6 +522,76 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    fn encodings_agree(record: &AuditRecord) {
+        let mut ours = Vec::new();
+        record.write_json(&mut ours);
+        let serde = serde_json::to_vec(record).unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(serde).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_hand_written_encoding_is_serde_json_byte_for_byte() {
+        encodings_agree(&transition(7));
+        encodings_agree(&AuditRecord {
+            time_ms: 0,
+            event: AuditEvent::ModeSet {
+                from: "auto",
+                to: "outage",
+            },
+        });
+        encodings_agree(&AuditRecord {
+            time_ms: u64::MAX,
+            event: AuditEvent::AmbiguousUpstreamFailure {
+                worker: usize::MAX,
+                failure: "timeout",
+                path: "/a \"quoted\" \\ path\u{1}\u{1f}\n\r\t\u{8}\u{c}\u{7f}é/".into(),
+            },
+        });
+        for (rule, detail, key, ambiguous) in [
+            (None, None, None, false),
+            (
+                Some(5),
+                Some("revocation event \"x\"\n".to_string()),
+                Some(0),
+                true,
+            ),
+            (
+                Some(4),
+                Some("policy p-1".to_string()),
+                Some(u128::MAX),
+                false,
+            ),
+            (
+                None,
+                None,
+                Some(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+                true,
+            ),
+        ] {
+            encodings_agree(&AuditRecord {
+                time_ms: 1_700_000_000_123,
+                event: AuditEvent::BackupDecision {
+                    request_id: (3, 1_234_567_890_123),
+                    worker: 3,
+                    grant_type: "refresh_token".into(),
+                    client: "app-\u{0}\\".into(),
+                    user: "ünïcode user".into(),
+                    session_key: key,
+                    decision: "refused",
+                    reason: "mfa",
+                    rule,
+                    detail,
+                    cause: "forced_outage",
+                    ambiguous,
+                    latency_us: 10,
+                },
+            });
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! [`serve_refresh`] is the whole decision; it touches no socket and no clock, so tests drive
 //! it directly and the server only adds transport, metrics and the audit record.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -218,6 +219,9 @@ pub trait OutageChecks: Send + Sync {
 #[derive(Debug)]
 pub struct Minters {
     by_alg: Vec<(SigningAlg, Minter)>,
+    /// The token being minted, reused from one response to the next (the response body itself
+    /// leaves with the response and cannot be).
+    token: Vec<u8>,
 }
 
 impl Minters {
@@ -227,7 +231,10 @@ impl Minters {
             .iter()
             .map(|ring| Ok((ring.alg(), ring.minter(backend)?)))
             .collect::<Result<_, KeyringError>>()?;
-        Ok(Self { by_alg })
+        Ok(Self {
+            by_alg,
+            token: Vec::with_capacity(1024),
+        })
     }
 
     fn get(&mut self, alg: SigningAlg) -> Option<&mut Minter> {
@@ -616,45 +623,69 @@ fn mint_response(
     let now = u64::try_from(now_secs).map_err(|_| Refusal::BadTemplate)?;
     let access = template_of(&session.access_token)?;
     let mut body = Vec::with_capacity(2048);
-    let mut token = Vec::with_capacity(1024);
+    let mut token = std::mem::take(&mut minters.token);
+    let minted = mint_into(
+        session,
+        access,
+        refresh_token,
+        now,
+        minters,
+        &mut token,
+        &mut body,
+    );
+    minters.token = token;
+    minted.map(|()| body)
+}
+
+/// [`mint_response`]'s body, with the token scratch buffer lent out of `minters`.
+fn mint_into(
+    session: &SessionView,
+    access: TemplateRef<'_>,
+    refresh_token: &str,
+    now: u64,
+    minters: &mut Minters,
+    token: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> Result<(), Refusal> {
     let minter = minters
         .get(access.meta().alg)
         .ok_or(Refusal::NoSigningKey)?;
     minter
-        .mint(access, now, &mut token)
+        .mint(access, now, token)
         .map_err(|_| Refusal::BadTemplate)?;
     body.extend_from_slice(b"{\"access_token\":");
-    compact_jws_string(&mut body, &token);
+    compact_jws_string(body, token);
     body.extend_from_slice(b",\"token_type\":");
-    json_string(&mut body, session.token_type.as_bytes());
+    json_string(body, session.token_type.as_bytes());
     if access.meta().lifetime_secs > 0 {
         body.extend_from_slice(b",\"expires_in\":");
-        body.extend_from_slice(access.meta().lifetime_secs.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(body, "{}", access.meta().lifetime_secs);
     }
     if !session.scopes.is_empty() {
-        body.extend_from_slice(b",\"scope\":");
-        let mut scope = Vec::with_capacity(64);
+        // The granted scopes joined by spaces, as one JSON string, escaped piece by piece.
+        body.extend_from_slice(b",\"scope\":\"");
         for (i, s) in session.scopes.iter().enumerate() {
             if i > 0 {
-                scope.push(b' ');
+                body.push(b' ');
             }
-            scope.extend_from_slice(s.as_bytes());
+            json_escape(body, s.as_bytes());
         }
-        json_string(&mut body, &scope);
+        body.push(b'"');
     }
     body.extend_from_slice(b",\"refresh_token\":");
-    json_string(&mut body, refresh_token.as_bytes());
+    json_string(body, refresh_token.as_bytes());
     if let Some(id) = session.id_token.as_ref() {
         let id = template_of(id)?;
         let minter = minters.get(id.meta().alg).ok_or(Refusal::NoSigningKey)?;
         minter
-            .mint(id, now, &mut token)
+            .mint(id, now, token)
             .map_err(|_| Refusal::BadTemplate)?;
         body.extend_from_slice(b",\"id_token\":");
-        compact_jws_string(&mut body, &token);
+        compact_jws_string(body, token);
     }
     body.push(b'}');
-    Ok(body)
+    Ok(())
 }
 
 /// Appends a token we minted as a JSON string: base64url segments and dots by construction, so
@@ -673,8 +704,14 @@ fn compact_jws_string(out: &mut Vec<u8>, token: &[u8]) {
 /// Appends `s` as a JSON string (RFC 8259 §7 escaping; invalid UTF-8 cannot occur: every input
 /// is ASCII base64url, a stored string, or a form value, which are all `str`).
 fn json_string(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
+    json_escape(out, s);
+    out.push(b'"');
+}
+
+/// Appends `s` escaped for the inside of a JSON string (no quotes).
+fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = s;
     // Tokens are base64url: copy runs that need no escape in one go.
     while let Some(i) = rest
@@ -702,7 +739,6 @@ fn json_string(out: &mut Vec<u8>, s: &[u8]) {
         rest = tail;
     }
     out.extend_from_slice(rest);
-    out.push(b'"');
 }
 
 /// The hook until Conditional Access and revocation are wired (issue 6): allows everything.

@@ -291,6 +291,12 @@ impl PolicyManager {
         self.current.load_full()
     }
 
+    /// The current version as a borrowed guard: no reference count is touched in the common
+    /// case (the outage path's per-request read). Hold it for one request, not across awaits.
+    pub fn current_guard(&self) -> arc_swap::Guard<Arc<Versioned<PolicySet>>> {
+        self.current.load()
+    }
+
     /// The configured policy file, if any.
     pub fn file(&self) -> Option<&Path> {
         self.file.as_deref()

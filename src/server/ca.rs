@@ -79,9 +79,10 @@ impl Revocations {
         })
     }
 
-    /// The current filter (lock-free).
-    pub(crate) fn filter(&self) -> Arc<FilterSnapshot> {
-        self.filter.load_full()
+    /// The current filter (lock-free), as a guard that touches no reference count in the
+    /// common case. Hold it for one request.
+    pub(crate) fn filter(&self) -> arc_swap::Guard<Arc<FilterSnapshot>> {
+        self.filter.load()
     }
 
     /// Records `event`: checked against the set, made durable, then published. `Duplicate`
@@ -187,7 +188,7 @@ impl OutageChecks for CaChecks {
                 == crate::store::format::compliance_code(DeviceCompliance::Compliant),
             device_domain_joined: false,
         };
-        let policies = self.policies.current();
+        let policies = self.policies.current_guard();
         let filter = self.revocations.filter();
         match eligibility::decide(
             &request,

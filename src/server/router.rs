@@ -70,7 +70,7 @@ pub(crate) async fn handle(
 ) -> Result<Reply, Infallible> {
     phase.request_started();
     let started = Instant::now();
-    let (route, mut reply, framing_refused) = front_door(req, &ctx, &peer_ip).await;
+    let (route, mut reply, framing_refused) = front_door(req, &ctx, &peer_ip, started).await;
     // After a refusal of the front door (bad body, timeout, too large) the rest of this
     // connection's input cannot be trusted to start a new request. Any other answer (a token
     // endpoint error, a primary's 400 passed through) leaves the connection open.
@@ -96,6 +96,7 @@ async fn front_door(
     req: Request<Incoming>,
     ctx: &HandlerCtx,
     peer_ip: &HeaderValue,
+    started: Instant,
 ) -> (Route, Reply, bool) {
     let limits = &ctx.shared.config.limits;
     let (parts, body) = req.into_parts();
@@ -111,7 +112,7 @@ async fn front_door(
             true,
         );
     }
-    let body = match read_body(&parts.headers, body, limits, body_limit(ctx)).await {
+    let body = match read_body(&parts.headers, body, limits, body_limit(ctx), started).await {
         Ok(body) => body,
         Err((status, message)) => {
             return (route, front_door_refusal(route, status, &message), true);
@@ -120,7 +121,9 @@ async fn front_door(
     let reply = match (ctx.listener, route) {
         (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared).await,
         (Listener::Public, Route::Ssf) => super::ssf::handle(&parts, &body, &ctx.shared).await,
-        (Listener::Public, Route::Token) => super::token::handle(parts, body, peer_ip, ctx).await,
+        (Listener::Public, Route::Token) => {
+            super::token::handle(parts, body, peer_ip, ctx, started).await
+        }
         (Listener::Public, Route::Proxy) => proxy(parts, body, peer_ip, ctx).await,
         (Listener::Public, _) => public(route, &parts.method, ctx),
     };
@@ -151,13 +154,15 @@ fn front_door_refusal(route: Route, status: StatusCode, message: &str) -> Reply 
     }
 }
 
-/// Reads a whole request body, at most `max_bytes` and within the body-read timeout; on
+/// Reads a whole request body, at most `max_bytes` and within the body-read timeout counted
+/// from `started` (when the head arrived: the router's clock reading, not a new one); on
 /// failure, the status and message to refuse with.
 async fn read_body(
     headers: &hyper::HeaderMap,
     body: Incoming,
     limits: &HttpLimits,
     max_bytes: u64,
+    started: Instant,
 ) -> Result<Bytes, (StatusCode, String)> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -177,7 +182,7 @@ async fn read_body(
     }
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(limits.body_read_timeout, collect).await {
+    match tokio::time::timeout_at(started + limits.body_read_timeout, collect).await {
         Err(_elapsed) => Err((
             StatusCode::REQUEST_TIMEOUT,
             "request body not received in time".into(),

@@ -81,14 +81,15 @@ impl Cause {
     }
 }
 
-/// Handles a request to the primary's token endpoint.
+/// Handles a request to the primary's token endpoint. `started` is when the request head
+/// arrived (the router's clock reading, reused rather than read again).
 pub(crate) async fn handle(
     parts: hyper::http::request::Parts,
     body: Bytes,
     peer_ip: &HeaderValue,
     ctx: &HandlerCtx,
+    started: Instant,
 ) -> Reply {
-    let started = Instant::now();
     let (Some(gate), Some(backup)) = (ctx.gate.as_deref(), ctx.backup.as_ref()) else {
         return super::router::text(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -152,7 +153,7 @@ pub(crate) async fn handle(
     drop(form);
 
     let upstream_started = Instant::now();
-    let outcome = forward(gate, parts.clone(), body.clone(), peer_ip, captured, ctx).await;
+    let outcome = forward(gate, &parts, body.clone(), peer_ip, captured, ctx).await;
     metrics.upstream_latency(upstream_started.elapsed());
     match outcome {
         Ok(reply) => {
@@ -184,13 +185,13 @@ pub(crate) async fn handle(
 /// acted: ambiguous, and answered by the backup.
 async fn forward(
     gate: &super::gate::Gate,
-    parts: hyper::http::request::Parts,
+    parts: &hyper::http::request::Parts,
     body: Bytes,
     peer_ip: &HeaderValue,
     captured: super::capture::Pending,
     ctx: &HandlerCtx,
 ) -> Result<Reply, UpstreamFailure> {
-    let response = gate.upstream.forward(parts, body, peer_ip).await?;
+    let response = gate.upstream.forward_borrowed(parts, body, peer_ip).await?;
     let status = response.status();
     let (mut head, incoming) = response.into_parts();
     super::upstream::strip_hop_by_hop(&mut head.headers);
@@ -305,16 +306,23 @@ fn backup_answer(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
     };
-    let mut token_url = String::with_capacity(shared.issuer_origin.len() + parts.uri.path().len());
-    token_url.push_str(&shared.issuer_origin);
-    token_url.push_str(parts.uri.path());
+    // The DPoP `htu` to check against: only a request with a proof needs it (and only a
+    // DPoP-bound session reads it), so the common request builds no string.
+    // One wall-clock reading for the decision (minted `iat`) and its audit record.
+    let now_ms = super::unix_now_ms();
+    let mut token_url = String::new();
+    if request.dpop.is_some() {
+        token_url.reserve(shared.issuer_origin.len() + parts.uri.path().len());
+        token_url.push_str(&shared.issuer_origin);
+        token_url.push_str(parts.uri.path());
+    }
     let env = OutageEnv {
         store: &shared.store,
         token_url: &token_url,
         dpop_replay: &shared.dpop_replay,
         dpop_policy: crate::token::dpop::DpopPolicy::default(),
         checks: shared.checks.as_ref(),
-        now_secs: super::unix_now_secs_i64(),
+        now_secs: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
     };
     let decision = match backup.minters.try_borrow_mut() {
         Ok(mut minters) => match parsed {
@@ -376,7 +384,7 @@ fn backup_answer(
         "backup decision"
     );
     shared.audit.record(AuditRecord {
-        time_ms: super::unix_now_ms(),
+        time_ms: now_ms,
         event: AuditEvent::BackupDecision {
             request_id,
             worker,

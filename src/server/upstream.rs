@@ -179,6 +179,30 @@ impl Upstream {
         self.send(Request::from_parts(parts, Full::new(body))).await
     }
 
+    /// [`Upstream::forward`] for a head the caller keeps (the token endpoint answers from the
+    /// backup with it when forwarding fails): copies only the method, version and headers
+    /// the request needs, not the whole head with its URI and extensions.
+    pub(crate) async fn forward_borrowed(
+        &self,
+        head: &Parts,
+        body: Bytes,
+        peer_ip: &HeaderValue,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = head.method.clone();
+        *req.version_mut() = head.version;
+        *req.uri_mut() = self.uri(path)?;
+        *req.headers_mut() = head.headers.clone();
+        strip_hop_by_hop(req.headers_mut());
+        self.set_forwarded(req.headers_mut(), peer_ip);
+        self.send(req).await
+    }
+
     /// Fetches a document (discovery, JWKS) from the primary as a client of the public issuer
     /// would: `Host` and `X-Forwarded-Host`/`-Proto` name the issuer, so the provider builds
     /// its URLs for the public name (FIELD-NOTES). The body is read whole, bounded in size and
