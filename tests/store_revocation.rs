@@ -275,8 +275,8 @@ fn segments_without_a_directory_are_scanned_then_rewritten_with_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut want = store_with_events(dir.path(), 40);
     for path in segment_files(dir.path()) {
-        let seg = segment::Segment::open(&path, generation_of(&path), segment::Validate::Now)
-            .unwrap();
+        let seg =
+            segment::Segment::open(&path, generation_of(&path), segment::Validate::Now).unwrap();
         let h = *seg.header();
         let recs: Vec<_> = seg.records().collect();
         let input: Vec<segment::BuildRecord<'_>> = recs
@@ -288,8 +288,7 @@ fn segments_without_a_directory_are_scanned_then_rewritten_with_one() {
                 expires_at_secs: segment::record_expires_at(r).unwrap(),
             })
             .collect();
-        let old =
-            segment::build_without_revocation_directory(h.shard, h.shard_count, &input);
+        let old = segment::build_without_revocation_directory(h.shard, h.shard_count, &input);
         drop(seg);
         std::fs::write(&path, old).unwrap();
         assert!(!has_directory(&path));
@@ -345,9 +344,6 @@ fn corrupt_revocation_directory_quarantines_its_segment() {
         store.recovery_report()
     );
     assert_eq!(store.stats().quarantined_segments, 1);
-    let left: Vec<_> = want
-        .into_iter()
-        .filter(|e| !lost.contains(&e.id))
-        .collect();
+    let left: Vec<_> = want.into_iter().filter(|e| !lost.contains(&e.id)).collect();
     assert_eq!(sorted(store.revocations()), sorted(left));
 }

@@ -201,7 +201,8 @@ impl Header {
         } else {
             index_end
         };
-        if hd.records_offset < tables_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64) {
+        if hd.records_offset < tables_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64)
+        {
             return Err(SegmentError::Header {
                 field: "records_offset",
             });
@@ -941,10 +942,7 @@ pub fn reseal(bytes: &mut [u8]) {
             && let Some(entries) = bytes.get(s..e)
         {
             let sum = xxhash_rust::xxh3::xxh3_64(entries);
-            if let Some(d) = e
-                .checked_add(8)
-                .and_then(|end8| bytes.get_mut(e..end8))
-            {
+            if let Some(d) = e.checked_add(8).and_then(|end8| bytes.get_mut(e..end8)) {
                 d.copy_from_slice(&sum.to_le_bytes());
             }
         }
@@ -1181,7 +1179,7 @@ mod tests {
                 recorded_at_secs: 2,
                 expires_at_secs: 900,
             };
-            let key = RecordKey(u128::from(i).wrapping_mul(0x51_7cc1_b727_220a_95) + 1);
+            let key = RecordKey(u128::from(i).wrapping_mul(0x517c_c1b7_2722_0a95) + 1);
             v.push((
                 key,
                 kind::REVOCATION,
