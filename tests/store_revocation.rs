@@ -10,8 +10,10 @@
 
 mod store_common;
 
-use backstop::store::{RevocationRecord, Store, StoreError};
-use store_common::{block, open};
+use backstop::store::segment;
+use backstop::store::testutil::sample_snapshot;
+use backstop::store::{RecoveryEvent, RevocationRecord, Store, StoreError, StoreOpts};
+use store_common::{block, open, small_opts};
 
 const FAR: i64 = 4_000_000_000;
 
@@ -197,4 +199,151 @@ fn events_share_no_keys_with_sessions_and_oversized_ids_are_refused() {
         "{err}"
     );
     assert!(store.revocations().is_empty());
+}
+
+// The per-segment revocation directory (`docs/store-format.md`, "Revocation directory"): what
+// makes listing the events at start O(events) instead of O(index slots).
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn has_directory(path: &std::path::Path) -> bool {
+    let b = std::fs::read(path).unwrap();
+    segment::Header::decode(&b)
+        .unwrap()
+        .has_revocation_directory()
+}
+
+fn generation_of(path: &std::path::Path) -> u64 {
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    u64::from_str_radix(&name[7..], 16).unwrap()
+}
+
+/// Events among sessions, compacted into segments.
+fn store_with_events(dir: &std::path::Path, events: u64) -> Vec<RevocationRecord> {
+    let store = open(dir);
+    for i in 0..60 {
+        block(store.put_session(&sample_snapshot(i, FAR))).unwrap();
+    }
+    let want: Vec<_> = (0..events).map(|i| event(i, FAR)).collect();
+    for e in &want {
+        block(store.put_revocation(e.clone())).unwrap();
+    }
+    store.compact(0).unwrap();
+    assert_eq!(store.stats().segment_revocations, events);
+    want
+}
+
+#[test]
+fn compacted_and_bulk_loaded_segments_list_their_events_through_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = store_with_events(dir.path(), 40);
+    assert!(segment_files(dir.path()).iter().all(|p| has_directory(p)));
+    // Reopened with validation left to the background (the start of a large store): the
+    // listing reads the directories with every record checked on the way.
+    let lazy = StoreOpts {
+        validate_foreground_bytes_max: 0,
+        ..small_opts()
+    };
+    let store = Store::open(dir.path(), lazy).unwrap();
+    assert_eq!(sorted(store.revocations()), sorted(want.clone()));
+    assert_eq!(store.stats().corrupt_reads, 0);
+    // A bulk load rewrites the shards it touches, directories included, under the events.
+    let bulk: Vec<_> = (100..400)
+        .map(|i| store.bulk_session(sample_snapshot(i, FAR)).unwrap())
+        .collect();
+    store.bulk_load(bulk, 0).unwrap();
+    assert_eq!(sorted(store.revocations()), sorted(want.clone()));
+    drop(store);
+    assert!(segment_files(dir.path()).iter().all(|p| has_directory(p)));
+    let store = open(dir.path());
+    assert!(store.recovery_report().is_empty());
+    assert_eq!(sorted(store.revocations_live(0)), sorted(want));
+}
+
+/// Segments written before the directory existed (flag clear, as in the v2 fixture) are read
+/// by scanning their index; the next compaction of their shard writes them with one.
+#[test]
+fn segments_without_a_directory_are_scanned_then_rewritten_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = store_with_events(dir.path(), 40);
+    for path in segment_files(dir.path()) {
+        let seg =
+            segment::Segment::open(&path, generation_of(&path), segment::Validate::Now).unwrap();
+        let h = *seg.header();
+        let recs: Vec<_> = seg.records().collect();
+        let input: Vec<segment::BuildRecord<'_>> = recs
+            .iter()
+            .map(|(k, r)| segment::BuildRecord {
+                key: *k,
+                kind: r.kind(),
+                bytes: r.bytes(),
+                expires_at_secs: segment::record_expires_at(r).unwrap(),
+            })
+            .collect();
+        let old = segment::build_without_revocation_directory(h.shard, h.shard_count, &input);
+        drop(seg);
+        std::fs::write(&path, old).unwrap();
+        assert!(!has_directory(&path));
+    }
+    let store = open(dir.path());
+    assert!(store.recovery_report().is_empty());
+    assert_eq!(sorted(store.revocations()), sorted(want.clone()));
+    assert_eq!(store.stats().corrupt_reads, 0);
+    // New events in every shard (200 keys over 8 shards), compacted: every shard rewritten.
+    for i in 1000..1200 {
+        block(store.put_revocation(event(i, FAR))).unwrap();
+        want.push(event(i, FAR));
+    }
+    store.compact(0).unwrap();
+    drop(store);
+    assert!(segment_files(dir.path()).iter().all(|p| has_directory(p)));
+    let store = open(dir.path());
+    assert_eq!(sorted(store.revocations()), sorted(want));
+}
+
+/// A directory that fails its checksum makes the segment fail validation: open quarantines it
+/// like any corrupt segment (never serving it half-checked), and the other shards' events are
+/// still listed.
+#[test]
+fn corrupt_revocation_directory_quarantines_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = store_with_events(dir.path(), 40);
+    let (victim, lost) = segment_files(dir.path())
+        .into_iter()
+        .find_map(|p| {
+            let seg =
+                segment::Segment::open(&p, generation_of(&p), segment::Validate::Now).unwrap();
+            let ids: Vec<String> = seg
+                .revocation_records()
+                .map(|(_, r)| r.into_revocation().unwrap().to_record().id)
+                .collect();
+            (!ids.is_empty()).then_some((p, ids))
+        })
+        .unwrap();
+    let mut b = std::fs::read(&victim).unwrap();
+    let h = segment::Header::decode(&b).unwrap();
+    let at = segment::HEADER_BYTES + h.slot_count as usize * segment::SLOT_BYTES;
+    b[at] ^= 0x01;
+    std::fs::write(&victim, b).unwrap();
+
+    let store = open(dir.path());
+    assert!(
+        store
+            .recovery_report()
+            .iter()
+            .any(|e| matches!(e, RecoveryEvent::SegmentQuarantined { reason, .. } if reason.contains("revocation directory"))),
+        "{:?}",
+        store.recovery_report()
+    );
+    assert_eq!(store.stats().quarantined_segments, 1);
+    let left: Vec<_> = want.into_iter().filter(|e| !lost.contains(&e.id)).collect();
+    assert_eq!(sorted(store.revocations()), sorted(left));
 }

@@ -76,6 +76,11 @@ pub fn segment_open(data: &[u8]) {
                 }
             }
         }
+        // Through the revocation directory when it checks out, else the index scan: both
+        // must only ever yield proven revocation records.
+        for (_, r) in seg.revocation_records().take(64) {
+            assert!(r.into_revocation().is_some(), "non-revocation listed");
+        }
         for (_, r) in seg.records().take(64) {
             if let Some(s) = r.into_session() {
                 let _ = s.tenant.len();

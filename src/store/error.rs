@@ -169,6 +169,13 @@ pub enum SegmentError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The revocation directory fails its checksum, names a slot that holds no revocation, or
+    /// does not list exactly the segment's revocation slots.
+    #[error("segment revocation directory is invalid: {reason}")]
+    Directory {
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A record failed its checksum or rkyv validation.
     #[error("segment record in slot {slot} is invalid: {reason}")]
     Record {

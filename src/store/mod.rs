@@ -740,9 +740,10 @@ impl Store {
     /// compaction drops them (the store has no clock; [`Store::revocations_live`] filters by
     /// one). In no particular order: replaying them in any order builds the same filter.
     ///
-    /// Cost: the in-memory tables, plus the index of every segment that holds revocations
-    /// (slots of other kinds are skipped without reading their records). Meant for start-up,
-    /// not the request path.
+    /// Cost: the in-memory tables, plus, per segment that holds revocations, the slots its
+    /// revocation directory names (O(events), each record proven as on any read). A segment
+    /// without a directory (written before it existed) or with one that fails its checks is
+    /// read by scanning its whole index instead. Meant for start-up, not the request path.
     pub fn revocations(&self) -> Vec<RevocationRecord> {
         self.revocations_where(|_| true)
     }
@@ -774,7 +775,7 @@ impl Store {
                 if seg.header().revocation_count == 0 {
                     continue;
                 }
-                for (k, rec) in seg.records_of_kind(kind::REVOCATION) {
+                for (k, rec) in seg.revocation_records() {
                     if !seen.insert(k.0) {
                         continue;
                     }

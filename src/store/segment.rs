@@ -21,6 +21,14 @@ pub const MAGIC: [u8; 8] = *b"BKSTSEG\0";
 pub const HEADER_BYTES: usize = 128;
 /// Bytes of one index slot.
 pub const SLOT_BYTES: usize = 40;
+/// Header flag (bytes 112..116): the segment carries a revocation directory right after its
+/// index. Set by every segment this build writes; absent from segments written before it,
+/// which are read by scanning their index instead (`docs/store-format.md`).
+pub const FLAG_REVOCATION_DIRECTORY: u32 = 1;
+/// Every flag this build knows; a header with another bit set is refused.
+const FLAGS_KNOWN: u32 = FLAG_REVOCATION_DIRECTORY;
+/// Bytes of one revocation directory entry (a slot number) and of its trailing checksum.
+const DIRECTORY_ENTRY_BYTES: u64 = 8;
 
 /// The decoded fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +61,8 @@ pub struct Header {
     pub index_xxh3: u64,
     /// xxh3-64 of the records region.
     pub body_xxh3: u64,
+    /// Bit set of `FLAG_*` (bytes 112..116, zero in segments written before the flags).
+    pub flags: u32,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -95,6 +105,7 @@ impl Header {
         put(88, &self.index_xxh3.to_le_bytes());
         put(96, &self.body_xxh3.to_le_bytes());
         put(104, &self.revocation_count.to_le_bytes());
+        put(112, &self.flags.to_le_bytes());
         let sum = xxhash_rust::xxh3::xxh3_64(h.get(..120).unwrap_or(&[]));
         if let Some(d) = h.get_mut(120..128) {
             d.copy_from_slice(&sum.to_le_bytes());
@@ -146,7 +157,11 @@ impl Header {
             records_bytes: le_u64(h, 80),
             index_xxh3: le_u64(h, 88),
             body_xxh3: le_u64(h, 96),
+            flags: le_u32(h, 112),
         };
+        if hd.flags & !FLAGS_KNOWN != 0 || le_u32(h, 116) != 0 {
+            return Err(SegmentError::Header { field: "flags" });
+        }
         if hd.shard_count == 0 || hd.shard >= hd.shard_count {
             return Err(SegmentError::Header { field: "shard" });
         }
@@ -175,7 +190,19 @@ impl Header {
             .ok_or(SegmentError::Header {
                 field: "slot_count",
             })?;
-        if hd.records_offset < index_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64) {
+        let tables_end = if hd.has_revocation_directory() {
+            hd.revocation_count
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(DIRECTORY_ENTRY_BYTES))
+                .and_then(|n| n.checked_add(index_end))
+                .ok_or(SegmentError::Header {
+                    field: "revocation_count",
+                })?
+        } else {
+            index_end
+        };
+        if hd.records_offset < tables_end || !hd.records_offset.is_multiple_of(RECORD_ALIGN as u64)
+        {
             return Err(SegmentError::Header {
                 field: "records_offset",
             });
@@ -193,6 +220,53 @@ impl Header {
         let len = (self.slot_count as usize).saturating_mul(SLOT_BYTES);
         (HEADER_BYTES, HEADER_BYTES.saturating_add(len))
     }
+
+    /// Whether the segment carries a revocation directory after its index.
+    pub fn has_revocation_directory(&self) -> bool {
+        self.flags & FLAG_REVOCATION_DIRECTORY != 0
+    }
+
+    /// Byte range of the revocation directory's entries, and where its checksum sits. `None`
+    /// without a directory (or if the range does not fit this platform; `decode` has checked
+    /// that it fits the file).
+    fn directory_range(&self) -> Option<(usize, usize)> {
+        if !self.has_revocation_directory() {
+            return None;
+        }
+        let (_, start) = self.index_range();
+        let len = usize::try_from(self.revocation_count)
+            .ok()?
+            .checked_mul(DIRECTORY_ENTRY_BYTES as usize)?;
+        Some((start, start.checked_add(len)?))
+    }
+}
+
+/// The slot numbers a segment's revocation directory lists, checked as far as is possible
+/// without reading the whole index: the directory's checksum, entries strictly ascending and
+/// inside the index, and each named slot occupied by a revocation record. `None` when the
+/// segment has no directory; `Err` when it has one that fails a check (the caller falls back
+/// to scanning the index; full validation refuses the segment).
+fn revocation_directory(b: &[u8], h: &Header) -> Option<Result<Vec<u64>, &'static str>> {
+    let (start, end) = h.directory_range()?;
+    let check = || {
+        let entries = b.get(start..end).ok_or("outside the file")?;
+        if xxhash_rust::xxh3::xxh3_64(entries) != le_u64(b, end) {
+            return Err("checksum");
+        }
+        let mut slots = Vec::with_capacity(entries.len() / DIRECTORY_ENTRY_BYTES as usize);
+        for e in entries.chunks_exact(DIRECTORY_ENTRY_BYTES as usize) {
+            let i = le_u64(e, 0);
+            if i >= h.slot_count || slots.last().is_some_and(|&prev| prev >= i) {
+                return Err("entry out of order or outside the index");
+            }
+            match read_slot(b, h, i) {
+                Some(s) if s.claim.len != 0 && s.claim.kind == kind::REVOCATION => slots.push(i),
+                _ => return Err("entry names a slot that holds no revocation"),
+            }
+        }
+        Ok(slots)
+    };
+    Some(check())
 }
 
 /// One decoded index slot. `len == 0` marks an empty slot.
@@ -298,6 +372,35 @@ fn check_layout(b: &[u8]) -> Result<Layout, SegmentError> {
             field: "record_count",
         });
     }
+    // The directory must list exactly the revocation slots the scan found (its count is the
+    // header's, which the scan just matched; ascending order makes the lists comparable).
+    let tables_end = match revocation_directory(b, &h) {
+        None => ib,
+        Some(Err(reason)) => return Err(SegmentError::Directory { reason }),
+        Some(Ok(listed)) => {
+            let found = occupied
+                .iter()
+                .filter(|(_, s)| s.claim.kind == kind::REVOCATION)
+                .map(|(i, _)| *i);
+            if !listed.iter().copied().eq(found) {
+                return Err(SegmentError::Directory {
+                    reason: "does not list exactly the revocation slots",
+                });
+            }
+            h.directory_range()
+                .and_then(|(_, end)| end.checked_add(DIRECTORY_ENTRY_BYTES as usize))
+                .ok_or(SegmentError::Truncated { what: "directory" })?
+        }
+    };
+    // No byte of the file escapes a checksum or a check: the padding before the records is zero.
+    let padding = b
+        .get(tables_end..records_start)
+        .ok_or(SegmentError::Truncated { what: "padding" })?;
+    if padding.iter().any(|&x| x != 0) {
+        return Err(SegmentError::Header {
+            field: "records_offset",
+        });
+    }
     Ok(Layout {
         header: h,
         records_start,
@@ -344,19 +447,57 @@ pub struct BuildRecord<'a> {
     pub expires_at_secs: i64,
 }
 
-/// Builds the bytes of a segment file for `shard`. Keys must be unique.
+/// Builds the bytes of a segment file for `shard`, with its revocation directory. Keys must be
+/// unique.
 pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u8> {
+    build_with(shard, shard_count, records, Directory::Write)
+}
+
+/// Builds a segment as builds before the revocation directory did: flag clear, records right
+/// after the index. For tests of the fallback only; this build never writes one to a store.
+#[doc(hidden)]
+pub fn build_without_revocation_directory(
+    shard: u32,
+    shard_count: u32,
+    records: &[BuildRecord<'_>],
+) -> Vec<u8> {
+    build_with(shard, shard_count, records, Directory::Omit)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Directory {
+    Write,
+    Omit,
+}
+
+fn build_with(
+    shard: u32,
+    shard_count: u32,
+    records: &[BuildRecord<'_>],
+    directory: Directory,
+) -> Vec<u8> {
     let n = records.len() as u64;
     let slot_count = (n.saturating_mul(2)).max(2).next_power_of_two();
     let index_len = slot_count as usize * SLOT_BYTES;
-    let records_offset = (HEADER_BYTES + index_len).next_multiple_of(RECORD_ALIGN);
+    let revocations = records
+        .iter()
+        .filter(|r| r.kind == kind::REVOCATION)
+        .count();
+    // The directory: one slot number per revocation record, then the xxh3 of those entries.
+    let directory_at = HEADER_BYTES + index_len;
+    let directory_len = match directory {
+        Directory::Write => (revocations + 1) * DIRECTORY_ENTRY_BYTES as usize,
+        Directory::Omit => 0,
+    };
+    let records_offset = (directory_at + directory_len).next_multiple_of(RECORD_ALIGN);
     let body_len: usize = records
         .iter()
         .map(|r| r.bytes.len().next_multiple_of(RECORD_ALIGN))
         .sum();
     let mut out = vec![0u8; records_offset + body_len];
     let (mut min_exp, mut max_exp) = (i64::MAX, i64::MIN);
-    let (mut sessions, mut artifacts, mut revocations) = (0u64, 0u64, 0u64);
+    let (mut sessions, mut artifacts) = (0u64, 0u64);
+    let mut revocation_slots: Vec<u64> = Vec::with_capacity(revocations);
     let mut at = records_offset;
     let mask = slot_count - 1;
     for r in records {
@@ -367,7 +508,7 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         match r.kind {
             kind::SESSION => sessions += 1,
             kind::ARTIFACT => artifacts += 1,
-            _ => revocations += 1,
+            _ => {}
         }
         min_exp = min_exp.min(r.expires_at_secs);
         max_exp = max_exp.max(r.expires_at_secs);
@@ -392,11 +533,35 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
             // Length bytes 24..28 are zero only in an empty slot.
             if dst.get(24..28) == Some(&[0, 0, 0, 0][..]) {
                 encode_slot(dst, &slot);
+                // A placed slot never moves (linear probing only fills empty slots), so its
+                // number is final here.
+                if r.kind == kind::REVOCATION {
+                    revocation_slots.push(i);
+                }
                 break;
             }
             i = (i + 1) & mask;
         }
         at += r.bytes.len().next_multiple_of(RECORD_ALIGN);
+    }
+    debug_assert_eq!(revocation_slots.len(), revocations);
+    let mut flags = 0;
+    if directory == Directory::Write {
+        revocation_slots.sort_unstable();
+        let entries_end = directory_at + revocations * DIRECTORY_ENTRY_BYTES as usize;
+        if let Some(d) = out.get_mut(directory_at..entries_end) {
+            for (e, slot) in d
+                .chunks_exact_mut(DIRECTORY_ENTRY_BYTES as usize)
+                .zip(&revocation_slots)
+            {
+                e.copy_from_slice(&slot.to_le_bytes());
+            }
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(out.get(directory_at..entries_end).unwrap_or(&[]));
+        if let Some(d) = out.get_mut(entries_end..entries_end + DIRECTORY_ENTRY_BYTES as usize) {
+            d.copy_from_slice(&sum.to_le_bytes());
+        }
+        flags |= FLAG_REVOCATION_DIRECTORY;
     }
     let index_xxh3 = xxhash_rust::xxh3::xxh3_64(
         out.get(HEADER_BYTES..HEADER_BYTES + index_len)
@@ -410,7 +575,7 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         record_count: n,
         session_count: sessions,
         artifact_count: artifacts,
-        revocation_count: revocations,
+        revocation_count: revocations as u64,
         min_expires_at_secs: min_exp,
         max_expires_at_secs: max_exp,
         slot_count,
@@ -418,6 +583,7 @@ pub fn build(shard: u32, shard_count: u32, records: &[BuildRecord<'_>]) -> Vec<u
         records_bytes: body_len as u64,
         index_xxh3,
         body_xxh3,
+        flags,
     };
     if let Some(d) = out.get_mut(..HEADER_BYTES) {
         d.copy_from_slice(&header.encode());
@@ -601,21 +767,32 @@ impl Segment {
         Found::Absent
     }
 
-    /// Every record of kind `kind_byte`, proven one by one; slots of other kinds are skipped
-    /// without touching their records. Corrupt records are skipped and counted.
-    pub fn records_of_kind(
-        &self,
-        kind_byte: u8,
-    ) -> impl Iterator<Item = (RecordKey, RecordBytes)> + '_ {
+    /// Every revocation record, proven one by one (its xxh3 against its slot, then rkyv's
+    /// checked access unless the segment is validated). Corrupt records are skipped and counted.
+    ///
+    /// Reads only the slots the revocation directory names: O(revocations), not O(slots).
+    /// A segment without a directory (written before it existed), or whose directory fails its
+    /// checks, is read by scanning every slot instead; a failed directory is also counted as a
+    /// corrupt read and logged, and full validation refuses (quarantines) the segment.
+    pub fn revocation_records(&self) -> impl Iterator<Item = (RecordKey, RecordBytes)> + '_ {
         let b = self.backing.bytes();
-        let slots = if self.is_failed() {
-            0
+        let slots: Box<dyn Iterator<Item = u64>> = if self.is_failed() {
+            Box::new(std::iter::empty())
         } else {
-            self.header.slot_count
+            match revocation_directory(b, &self.header) {
+                Some(Ok(listed)) => Box::new(listed.into_iter()),
+                found => {
+                    if let Some(Err(reason)) = found {
+                        self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(segment = %self.path.display(), reason, "revocation directory failed its checks; scanning the index instead");
+                    }
+                    Box::new(0..self.header.slot_count)
+                }
+            }
         };
-        (0..slots).filter_map(move |i| {
+        slots.filter_map(move |i| {
             let slot = read_slot(b, &self.header, i)?;
-            if slot.claim.len == 0 || slot.claim.kind != kind_byte {
+            if slot.claim.len == 0 || slot.claim.kind != kind::REVOCATION {
                 return None;
             }
             let rec = match self.proof.get() {
@@ -756,6 +933,20 @@ pub fn reseal(bytes: &mut [u8]) {
         if let Some(body) = bytes.get(ro..) {
             let sum = xxhash_rust::xxh3::xxh3_64(body);
             if let Some(d) = bytes.get_mut(96..104) {
+                d.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+    }
+    if le_u32(bytes, 112) & FLAG_REVOCATION_DIRECTORY != 0 {
+        let start = index_end;
+        let end = le_u64(bytes, 104)
+            .saturating_mul(DIRECTORY_ENTRY_BYTES)
+            .saturating_add(start);
+        if let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end))
+            && let Some(entries) = bytes.get(s..e)
+        {
+            let sum = xxhash_rust::xxh3::xxh3_64(entries);
+            if let Some(d) = e.checked_add(8).and_then(|end8| bytes.get_mut(e..end8)) {
                 d.copy_from_slice(&sum.to_le_bytes());
             }
         }
@@ -967,7 +1158,7 @@ mod tests {
             (4, 3, 1)
         );
         assert_eq!(h.min_expires_at_secs, 900);
-        let listed: Vec<_> = seg.records_of_kind(kind::REVOCATION).collect();
+        let listed: Vec<_> = seg.revocation_records().collect();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, RecordKey(77));
         let Found::Record(r) = seg.find(RecordKey(77)) else {
@@ -989,6 +1180,179 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Sessions and revocation events mixed, keyed so that they share probe runs.
+    fn mixed(sessions: u64, events: u64) -> Vec<(RecordKey, u8, AlignedVec<RECORD_ALIGN>)> {
+        let mut v: Vec<_> = records(sessions)
+            .into_iter()
+            .map(|(k, b)| (k, kind::SESSION, b))
+            .collect();
+        for i in 0..events {
+            let ev = crate::store::format::DiskRevocation {
+                id: format!("ev-{i}"),
+                kind: 1,
+                subject_kind: 1,
+                source: 1,
+                subject: "u".into(),
+                time_secs: 1,
+                recorded_at_secs: 2,
+                expires_at_secs: 900,
+            };
+            let key = RecordKey(u128::from(i).wrapping_mul(0x517c_c1b7_2722_0a95) + 1);
+            v.push((
+                key,
+                kind::REVOCATION,
+                rkyv::to_bytes::<rkyv::rancor::Error>(&ev).unwrap(),
+            ));
+        }
+        v
+    }
+
+    fn input(recs: &[(RecordKey, u8, AlignedVec<RECORD_ALIGN>)]) -> Vec<BuildRecord<'_>> {
+        recs.iter()
+            .map(|(k, kind, b)| BuildRecord {
+                key: *k,
+                kind: *kind,
+                bytes: b,
+                expires_at_secs: 1000,
+            })
+            .collect()
+    }
+
+    fn open_heap(bytes: &[u8], when: Validate) -> Result<Segment, SegmentError> {
+        Segment::from_backing(Backing::Heap(aligned_copy(bytes)), PathBuf::new(), 1, when)
+    }
+
+    fn listed_ids(seg: &Segment) -> Vec<String> {
+        let mut ids: Vec<String> = seg
+            .revocation_records()
+            .map(|(_, r)| r.into_revocation().unwrap().to_record().id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn directory_at(bytes: &[u8]) -> usize {
+        let h = Header::decode(bytes).unwrap();
+        h.index_range().1
+    }
+
+    #[test]
+    fn revocation_directory_lists_exactly_the_revocation_slots() {
+        let recs = mixed(200, 37);
+        let bytes = build(0, 1, &input(&recs));
+        let want: Vec<String> = {
+            let mut v: Vec<String> = (0..37).map(|i| format!("ev-{i}")).collect();
+            v.sort();
+            v
+        };
+        for when in [Validate::Now, Validate::Later] {
+            let seg = open_heap(&bytes, when).unwrap();
+            assert!(seg.header().has_revocation_directory());
+            assert_eq!(listed_ids(&seg), want);
+            assert_eq!(seg.corrupt_reads(), 0);
+        }
+        // The directory is what the read used: listed slot numbers, ascending.
+        let h = Header::decode(&bytes).unwrap();
+        let listed = revocation_directory(&bytes, &h).unwrap().unwrap();
+        assert_eq!(listed.len(), 37);
+        assert!(listed.windows(2).all(|w| w[0] < w[1]));
+        // An empty directory (no events) is still written and checks out.
+        let none = build(0, 1, &input(&mixed(5, 0)));
+        let seg = open_heap(&none, Validate::Now).unwrap();
+        assert!(seg.header().has_revocation_directory());
+        assert_eq!(seg.revocation_records().count(), 0);
+    }
+
+    #[test]
+    fn segment_without_directory_falls_back_to_the_index_scan() {
+        // As written before the directory existed (and as the v2 fixture's segments are).
+        let recs = mixed(50, 9);
+        let old = build_without_revocation_directory(0, 1, &input(&recs));
+        let h = Header::decode(&old).unwrap();
+        assert!(!h.has_revocation_directory());
+        assert_eq!(h.records_offset, h.index_range().1 as u64);
+        for when in [Validate::Now, Validate::Later] {
+            let seg = open_heap(&old, when).unwrap();
+            assert_eq!(listed_ids(&seg).len(), 9);
+            assert_eq!(seg.corrupt_reads(), 0);
+        }
+        // The same records with a directory list the same events.
+        let new = build(0, 1, &input(&recs));
+        assert_eq!(
+            listed_ids(&open_heap(&new, Validate::Now).unwrap()),
+            listed_ids(&open_heap(&old, Validate::Now).unwrap())
+        );
+    }
+
+    #[test]
+    fn corrupt_revocation_directory_is_read_around_and_refused_by_validation() {
+        let recs = mixed(40, 6);
+        let bytes = build(0, 1, &input(&recs));
+        let at = directory_at(&bytes);
+        let h = Header::decode(&bytes).unwrap();
+        let listed = revocation_directory(&bytes, &h).unwrap().unwrap();
+        let session_slot = (0..h.slot_count)
+            .find(|&i| read_slot(&bytes, &h, i).unwrap().claim.kind == kind::SESSION)
+            .unwrap();
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        // Rot in an entry or in the checksum: the checksum catches it.
+        let mut b = bytes.clone();
+        b[at + 1] ^= 0x04;
+        cases.push(("entry flipped", b));
+        let mut b = bytes.clone();
+        b[at + 6 * 8] ^= 0x01;
+        cases.push(("checksum flipped", b));
+        // Resealed (checksum right) but naming a session slot, or the same slot twice.
+        let mut b = bytes.clone();
+        b[at..at + 8].copy_from_slice(&session_slot.to_le_bytes());
+        let mut sorted: Vec<u64> = listed[1..].to_vec();
+        sorted.push(session_slot);
+        sorted.sort_unstable();
+        for (e, s) in b[at..at + 6 * 8].chunks_exact_mut(8).zip(&sorted) {
+            e.copy_from_slice(&s.to_le_bytes());
+        }
+        reseal(&mut b);
+        cases.push(("names a session slot", b));
+        let mut b = bytes.clone();
+        b[at + 8..at + 16].copy_from_slice(&listed[0].to_le_bytes());
+        reseal(&mut b);
+        cases.push(("repeats a slot", b));
+        for (what, b) in cases {
+            // Before validation: the events are still all found, by the scan, and the failed
+            // directory is counted.
+            let seg = open_heap(&b, Validate::Later).unwrap();
+            assert_eq!(listed_ids(&seg).len(), 6, "{what}");
+            assert_eq!(seg.corrupt_reads(), 1, "{what}");
+            // Validation refuses the segment (open quarantines it).
+            assert!(
+                matches!(seg.validate(), Err(SegmentError::Directory { .. })),
+                "{what}"
+            );
+            assert!(seg.is_failed());
+            assert_eq!(seg.revocation_records().count(), 0, "{what}");
+        }
+        // Non-zero padding after the directory, or a flag this build does not know: refused.
+        let mut b = bytes.clone();
+        let pad = at + 7 * 8;
+        if pad < h.records_offset as usize {
+            b[pad] = 1;
+            reseal(&mut b);
+            assert!(open_heap(&b, Validate::Now).is_err());
+        }
+        let mut b = bytes.clone();
+        b[112] |= 0x02;
+        reseal(&mut b);
+        assert!(matches!(
+            open_heap(&b, Validate::Later).err(),
+            Some(SegmentError::Header { field: "flags" })
+        ));
+        // A clear flag over a directory leaves non-zero bytes before the records: refused.
+        let mut b = bytes.clone();
+        b[112] &= !0x01;
+        reseal(&mut b);
+        assert!(open_heap(&b, Validate::Now).is_err());
     }
 
     #[test]
