@@ -413,6 +413,15 @@ pub(super) fn open(dir_path: &Path, opts: StoreOpts) -> Result<Store, StoreError
 }
 
 fn validate_in_background(core: &Core, segs: Vec<Arc<Segment>>) {
+    // Serving goes on beside this (reads re-prove each record they touch), so this thread
+    // must not take CPU from the workers: at 10 M sessions it checksums ~15 GiB, and at the
+    // default priority the scale run saw the worker held up to 86–113 ms behind it (22 ms at
+    // nice 19; BENCHMARKS.md, scale run). Nice 19 on this thread only (Linux: setpriority on
+    // a thread id applies to that thread).
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+        tracing::debug!(error = %e, "store validator: cannot lower its priority");
+    }
     for seg in segs {
         if let Err(e) = seg.validate() {
             // The segment already stopped serving (`Segment::is_failed`); move the file aside.
