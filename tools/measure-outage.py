@@ -20,10 +20,7 @@ Needs: `cargo build --release --workspace` done first (with `--driver wrk`: the 
 """
 import argparse, json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICK = os.sysconf("SC_CLK_TCK")
-BIN = f"{ROOT}/target/release"
-ADMIN_TOKEN = "measure-outage-admin-token-0123456789"
+from benchlib import ADMIN_TOKEN, BIN, PIN, ROOT, admin, bench_sign, cpu_seconds, free_port, start
 
 LUA = r"""
 local bodies = {}
@@ -38,61 +35,6 @@ request = function()
   return wrk.format("POST", "/token", headers, bodies[(i % #bodies) + 1])
 end
 """
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-PIN = []
-
-
-def start(cmd, env=None, pattern=r"http://(\S+)"):
-    p = subprocess.Popen(PIN + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    line = p.stdout.readline()
-    m = re.search(pattern, line)
-    if not m:
-        p.kill()
-        sys.exit(f"could not start {cmd}: {line!r}")
-    return p, m.group(1)
-
-
-def admin(addr, method, path, body=None):
-    req = urllib.request.Request(f"http://{addr}{path}", method=method,
-                                 data=body.encode() if body else None,
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def bench_sign(alg, message_bytes):
-    """One bare signature's CPU time. `backstop bench-sign` divides wall time by signatures,
-    which on a busy shared VM includes time spent waiting for a vCPU (88 µs "per signature"
-    once, against 10 µs of CPU); the server side of the ratio is CPU time, so this side is too:
-    user + system time from wait4 over the signatures it reports."""
-    p = subprocess.Popen(PIN + [f"{BIN}/backstop", "bench-sign", "--alg", alg, "--seconds", "1",
-                                "--message-bytes", str(message_bytes)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        sys.exit(f"backstop bench-sign failed: {out!r}")
-    r = json.loads(out)
-    return {"alg": r["alg"], "signatures": r["signatures"],
-            "wall_us_per_signature": r["us_per_signature"],
-            "us_per_signature": (usage.ru_utime + usage.ru_stime) * 1e6 / r["signatures"]}
 
 
 def drive_loadgen(pid, url, seconds, connections, tokens):
@@ -146,8 +88,7 @@ def main():
     # server's system time, and a slower server pays it on more requests (its client sleeps
     # more often). Pinning client and server to one vCPU removes that artifact from both sides
     # of the ratio; --spread shows it.
-    global PIN
-    PIN = [] if args.spread else ["taskset", "-c", "0"]
+    PIN[:] = [] if args.spread else ["taskset", "-c", "0"]
 
     tmp = tempfile.mkdtemp(prefix="backstop-outage-")
     port = free_port()
@@ -208,7 +149,7 @@ def main():
             f.write(LUA)
         results = []
         for _ in range(args.rounds):
-            sign = bench_sign(args.alg, signing_input_bytes)
+            sign = bench_sign(args.alg, signing_input_bytes, 1)
             if args.driver == "wrk":
                 fl = drive(floor.pid, f"http://{floor_addr}/token", args.seconds, args.connections,
                            script, wrk_env)

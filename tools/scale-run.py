@@ -28,23 +28,10 @@ Python 3 standard library only.
 import argparse, json, os, random, re, shutil, socket, subprocess, sys, tempfile, time
 import urllib.parse, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = f"{ROOT}/target/release"
-ADMIN_TOKEN = "scale-run-admin-token-0123456789abcdef"
+from benchlib import ADMIN_TOKEN, BIN, PIN, admin, bench_sign, cpu_seconds, free_port, start
 # `backstop seed` names its apps `seed-app-{i % apps}` and users `user-{i // 2:010}` (src/seed.rs).
 SEED_APPS = 4
 BLOCKED_APP = "seed-app-3"
-
-PIN = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def rss_kib(pid):
     out = {}
@@ -54,26 +41,6 @@ def rss_kib(pid):
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(value.split()[0])
     return out
-
-
-def start(cmd, env=None, pattern=r"http://(\S+)"):
-    p = subprocess.Popen(PIN + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    line = p.stdout.readline()
-    m = re.search(pattern, line)
-    if not m:
-        p.kill()
-        sys.exit(f"could not start {cmd}: {line!r}")
-    return p, m.group(1)
-
-
-def admin(addr, method, path, body=None, timeout=10):
-    req = urllib.request.Request(f"http://{addr}{path}", method=method,
-                                 data=body.encode() if body else None,
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        raw = r.read()
-        return json.loads(raw) if raw else None
 
 
 def block_app_policy(app):
@@ -139,25 +106,6 @@ def build_population(tokens_file, out_file, revoked, shares, rng):
     return [cls for _, cls in lines]
 
 
-def bench_sign(alg, message_bytes):
-    """One bare signature's CPU time: `backstop bench-sign` divides wall time by signatures,
-    which on a busy shared VM counts time the process spent waiting for a vCPU; its CPU time
-    (user + system, from wait4) over the signatures it reports is what the server is charged
-    for on the same footing. Both are kept."""
-    p = subprocess.Popen(PIN + [f"{BIN}/backstop", "bench-sign", "--alg", alg, "--seconds", "2",
-                                "--message-bytes", str(message_bytes)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        sys.exit(f"backstop bench-sign failed: {out!r}")
-    r = json.loads(out)
-    cpu_s = usage.ru_utime + usage.ru_stime
-    return {"signatures": r["signatures"], "wall_us_per_signature": r["us_per_signature"],
-            "us_per_signature": cpu_s * 1e6 / r["signatures"]}
-
-
 def loadgen(url, population, pid, args, out_json):
     cmd = [f"{BIN}/backstop-loadgen", "--url", url, "--population", population,
            "--rate", str(args.rate), "--seconds", str(args.seconds),
@@ -206,13 +154,6 @@ def check(classes, report):
     return expected, problems
 
 
-def cpu_secs(pid):
-    """utime + stime of a process, seconds (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=10_000_000)
@@ -241,8 +182,7 @@ def main():
     ap.add_argument("--json", default=None, help="result file (default: WORK/scale-run.json, printed)")
     args = ap.parse_args()
     signatures = 1 if args.without_id_token else 2
-    global PIN
-    PIN = [] if args.spread else ["taskset", "-c", "0"]
+    PIN[:] = [] if args.spread else ["taskset", "-c", "0"]
 
     work = args.work_dir or tempfile.mkdtemp(prefix="backstop-scale-")
     os.makedirs(work, exist_ok=True)
@@ -350,15 +290,15 @@ def main():
         floor, floor_addr = start([f"{BIN}/backstop-floor", "127.0.0.1:0", "1"],
                                   env=dict(os.environ, BACKSTOP_FLOOR_BODY_BYTES=str(response_bytes)))
         procs.append(floor)
-        sign = bench_sign(args.alg, signing_input_bytes)
+        sign = bench_sign(args.alg, signing_input_bytes, 2)
         print(f"driving the floor, then backstop: {args.rate}/s for {args.seconds} s each ...", file=sys.stderr)
         fl = loadgen(f"http://{floor_addr}/token", population, floor.pid, args, os.path.join(work, "floor.json"))
         if args.settle:
             # Lets start-up work that runs beside serving (the store's background validation of
             # every segment) finish first; its CPU is reported, not charged to the run.
-            before = cpu_secs(backstop.pid)
+            before = cpu_seconds(backstop.pid)
             time.sleep(args.settle)
-            result["settle"] = {"secs": args.settle, "backstop_cpu_secs": round(cpu_secs(backstop.pid) - before, 2)}
+            result["settle"] = {"secs": args.settle, "backstop_cpu_secs": round(cpu_seconds(backstop.pid) - before, 2)}
         ours = loadgen(f"{issuer}/token", population, backstop.pid, args, os.path.join(work, "backstop.json"))
         result["rss_after_run_kib"] = rss_kib(backstop.pid)
 

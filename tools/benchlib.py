@@ -1,0 +1,66 @@
+"""Helpers shared by the measurement scripts (tools/measure-outage.py, tools/scale-run.py):
+pinning, process start, CPU time from /proc, the admin API, and the bare signature's CPU time.
+Python 3 standard library only."""
+import json, os, re, socket, subprocess, sys, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = f"{ROOT}/target/release"
+TICK = os.sysconf("SC_CLK_TCK")
+ADMIN_TOKEN = "measure-admin-token-0123456789abcdef"
+# The command prefix that pins servers (`taskset -c 0`), set in place by the script's main.
+PIN = []
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd, env=None, pattern=r"http://(\S+)"):
+    """Starts `cmd` under PIN and returns (process, the address its first line announces)."""
+    p = subprocess.Popen(PIN + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = p.stdout.readline()
+    m = re.search(pattern, line)
+    if not m:
+        p.kill()
+        sys.exit(f"could not start {cmd}: {line!r}")
+    return p, m.group(1)
+
+
+def admin(addr, method, path, body=None, timeout=10):
+    """One admin API call with ADMIN_TOKEN; the JSON answer, or None for an empty body."""
+    req = urllib.request.Request(f"http://{addr}{path}", method=method,
+                                 data=body.encode() if body else None,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        raw = r.read()
+        return json.loads(raw) if raw else None
+
+
+def bench_sign(alg, message_bytes, seconds):
+    """One bare signature's CPU time. `backstop bench-sign` prints wall time per signature,
+    which on a busy shared VM includes time spent waiting for a vCPU (88 µs "per signature"
+    once, against 10 µs of CPU); the server side of the ratio is CPU time, so this side is too:
+    user + system time from wait4 over the signatures it reports. Both are kept."""
+    p = subprocess.Popen(PIN + [f"{BIN}/backstop", "bench-sign", "--alg", alg, "--seconds", str(seconds),
+                                "--message-bytes", str(message_bytes)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"backstop bench-sign failed: {out!r}")
+    r = json.loads(out)
+    return {"alg": r["alg"], "signatures": r["signatures"],
+            "wall_us_per_signature": r["us_per_signature"],
+            "us_per_signature": (usage.ru_utime + usage.ru_stime) * 1e6 / r["signatures"]}
