@@ -136,6 +136,10 @@ fn breaker_opens_at_the_threshold_and_stops_calling_the_primary() {
     assert_eq!(status["breaker"], "open");
     assert_eq!(status["mode"], "outage");
     assert_eq!(status["forced"], "auto");
+    // A small store is validated in full before serving: nothing pending in the background.
+    assert_eq!(status["store"]["validation"], "done");
+    assert_eq!(status["store"]["validation_pending_segments"], 0);
+    assert_eq!(status["store"]["validation_pending_bytes"], 0);
     let metrics = get(server.addr, "/metrics").text();
     assert!(
         metrics.contains("backstop_outage_refusals_total{reason=\"breaker_open\"} 7\n"),

@@ -341,7 +341,16 @@ fn large_store_serves_at_once_and_quarantines_in_the_background() {
     };
     let mut store = Store::open(dir.path(), opts).unwrap();
     store.wait_validated();
-    assert_eq!(store.stats().quarantined_segments, 1);
+    let stats = store.stats();
+    assert_eq!(stats.quarantined_segments, 1);
+    assert_eq!(
+        (
+            stats.validation_pending_segments,
+            stats.validation_pending_bytes
+        ),
+        (0, 0),
+        "nothing is left pending once the validator is done, the quarantined segment included"
+    );
     assert!(
         dir.path()
             .join("quarantine")

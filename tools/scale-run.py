@@ -299,8 +299,13 @@ def main():
             before = cpu_seconds(backstop.pid)
             time.sleep(args.settle)
             result["settle"] = {"secs": args.settle, "backstop_cpu_secs": round(cpu_seconds(backstop.pid) - before, 2)}
+        # Whether the store's background validation of the segments found at start (SCHED_IDLE,
+        # beside serving) overlapped backstop's run: bytes still to check before and after it.
+        pending_before = admin(admin_addr, "GET", "/admin/status")["store"].get("validation_pending_bytes")
         ours = loadgen(f"{issuer}/token", population, backstop.pid, args, os.path.join(work, "backstop.json"))
         result["rss_after_run_kib"] = rss_kib(backstop.pid)
+        pending_after = admin(admin_addr, "GET", "/admin/status")["store"].get("validation_pending_bytes")
+        result["validation_pending_bytes"] = {"before_run": pending_before, "after_run": pending_after}
 
         expected, problems = check(classes, ours)
         signatures_made = ours["ok"] * signatures
@@ -350,6 +355,10 @@ def print_table(r, args):
     print(f"  time to ready        listening {r['ready_listening_secs'] * 1000:.1f} ms, /admin/status "
           f"{r['ready_status_secs'] * 1000:.1f} ms, primary metadata {r['ready_metadata_secs'] * 1000:.1f} ms")
     print(f"  RSS (KiB)            after start {r['rss_after_start_kib']}, after run {r['rss_after_run_kib']}")
+    v = r.get("validation_pending_bytes") or {}
+    if v.get("before_run") is not None:
+        print(f"  store validation     {v['before_run'] / 2**30:.2f} GiB left to check when backstop's run began, "
+              f"{v['after_run'] / 2**30:.2f} GiB when it ended")
     print(f"  server CPU           backstop {r['backstop_cpu_s_per_1000_requests']:.4f} s / 1000 requests, "
           f"{r['backstop_cpu_s_per_1000_tokens']:.4f} s / 1000 token responses; floor http "
           f"{r['floor_cpu_s_per_1000_requests']:.4f} s / 1000 requests + sign {r['sign_us']:.2f} us CPU "

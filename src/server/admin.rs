@@ -290,6 +290,11 @@ struct StoreStatus {
     /// WAL groups that stopped taking writes after an I/O error (captures there are lost
     /// until a restart): "group N: what failed".
     failed_groups: Vec<String>,
+    /// Background validation of the segments found at start: `"running"` (they serve
+    /// meanwhile, each read checking its record in full) or `"done"`.
+    validation: &'static str,
+    validation_pending_segments: u64,
+    validation_pending_bytes: u64,
 }
 
 /// The admin API's name of a mode (`POST /admin/mode`'s value, `/admin/status`'s `forced`).
@@ -363,6 +368,13 @@ fn status(shared: &Shared) -> Reply {
                     .iter()
                     .map(|(g, what)| format!("group {g}: {what}"))
                     .collect(),
+                validation: if st.validation_pending_segments == 0 {
+                    "done"
+                } else {
+                    "running"
+                },
+                validation_pending_segments: st.validation_pending_segments,
+                validation_pending_bytes: st.validation_pending_bytes,
             }
         },
     };

@@ -104,26 +104,60 @@ impl ValidatedSegment {
         records_end: usize,
         claims: impl Iterator<Item = SlotClaim>,
     ) -> Result<Self, usize> {
-        let bytes = backing.bytes();
-        if records_end > bytes.len() || records_start > records_end {
-            return Err(0);
-        }
-        for (i, claim) in claims.enumerate() {
-            let Some((a, b)) = claimed_range(&claim, records_start, records_end) else {
-                return Err(i);
-            };
-            let Some(rec) = bytes.get(a..b) else {
-                return Err(i);
-            };
-            if xxhash_rust::xxh3::xxh3_64(rec) != claim.xxh3 || !check_archive(claim.kind, rec) {
-                return Err(i);
-            }
-        }
+        check_claims(backing, records_start, records_end, claims, &mut |_| true)?;
         Ok(ValidatedSegment {
             records_start,
             records_end,
         })
     }
+
+    /// [`ValidatedSegment::prove`] for a background thread: `tick` is told each checked
+    /// record's length and answers whether to go on. `Ok(None)` when it said stop: nothing
+    /// is proven then, and a later call starts over.
+    pub fn prove_paced(
+        backing: &Backing,
+        records_start: usize,
+        records_end: usize,
+        claims: impl Iterator<Item = SlotClaim>,
+        tick: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Option<Self>, usize> {
+        if !check_claims(backing, records_start, records_end, claims, tick)? {
+            return Ok(None);
+        }
+        Ok(Some(ValidatedSegment {
+            records_start,
+            records_end,
+        }))
+    }
+}
+
+/// Checks claims in order; `Ok(false)` when `tick` stopped it before the end.
+fn check_claims(
+    backing: &Backing,
+    records_start: usize,
+    records_end: usize,
+    claims: impl Iterator<Item = SlotClaim>,
+    tick: &mut dyn FnMut(usize) -> bool,
+) -> Result<bool, usize> {
+    let bytes = backing.bytes();
+    if records_end > bytes.len() || records_start > records_end {
+        return Err(0);
+    }
+    for (i, claim) in claims.enumerate() {
+        let Some((a, b)) = claimed_range(&claim, records_start, records_end) else {
+            return Err(i);
+        };
+        let Some(rec) = bytes.get(a..b) else {
+            return Err(i);
+        };
+        if xxhash_rust::xxh3::xxh3_64(rec) != claim.xxh3 || !check_archive(claim.kind, rec) {
+            return Err(i);
+        }
+        if !tick(rec.len()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// One record's bytes, proven to be a valid archive of `kind`. Cloning shares the backing.

@@ -29,7 +29,7 @@ mod writer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -212,6 +212,11 @@ pub struct StoreStats {
     pub compactions: u64,
     /// Groups that stopped taking writes after an I/O error: (group, description).
     pub failed_groups: Vec<(u32, String)>,
+    /// Segments opened at start still waiting for (or in) background validation. They serve
+    /// meanwhile, each read proving its record by rkyv's checked access and its checksum.
+    pub validation_pending_segments: u64,
+    /// Bytes of records those segments have left to validate.
+    pub validation_pending_bytes: u64,
 }
 
 /// One in-memory table entry: a proven record, or a tombstone.
@@ -258,7 +263,19 @@ struct Core {
     compactions: AtomicU64,
     backend: Arc<dyn WalBackend>,
     report: Mutex<Vec<RecoveryEvent>>,
+    validation: Validation,
     _lock: dir::DirLock,
+}
+
+/// Progress of the background validation of the segments opened at start
+/// (`compact::validate_in_background`), and its stop flag.
+#[derive(Default)]
+struct Validation {
+    pending_segments: AtomicU64,
+    pending_bytes: AtomicU64,
+    /// Set by `Store`'s drop: the validator stops between records, so closing a store does
+    /// not wait for gigabytes of checksums.
+    stop: AtomicBool,
 }
 
 impl Core {
@@ -801,7 +818,8 @@ impl Store {
         Ok(())
     }
 
-    /// Waits for background validation of large segments opened at start.
+    /// Waits for background validation of large segments opened at start (a drop of the
+    /// store instead stops it).
     pub fn wait_validated(&mut self) {
         for h in self.validators.drain(..) {
             let _ = h.join();
@@ -819,6 +837,8 @@ impl Store {
             corrupt_reads: core.corrupt_reads.load(Ordering::Relaxed),
             wal_truncations: core.wal_truncations.load(Ordering::Relaxed),
             compactions: core.compactions.load(Ordering::Relaxed),
+            validation_pending_segments: core.validation.pending_segments.load(Ordering::Relaxed),
+            validation_pending_bytes: core.validation.pending_bytes.load(Ordering::Relaxed),
             ..StoreStats::default()
         };
         for shard in &core.shards {
@@ -848,6 +868,11 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.engine
+            .core
+            .validation
+            .stop
+            .store(true, Ordering::Relaxed);
         if let Some((stop, h)) = self.compactor.take() {
             let _ = stop.send(());
             let _ = h.join();

@@ -411,6 +411,18 @@ fn check_layout(b: &[u8]) -> Result<Layout, SegmentError> {
 /// Full validation of a current-format segment's bytes: the layout checks, then every record
 /// through its checksum and rkyv's checked access.
 pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), SegmentError> {
+    validate_paced(backing, &mut |_| true)?.ok_or(SegmentError::Record {
+        slot: 0,
+        reason: "validation stopped",
+    })
+}
+
+/// [`validate`] for a background thread: `tick` is told each checked record's length and
+/// answers whether to go on; `Ok(None)` when it said stop.
+pub fn validate_paced(
+    backing: &Backing,
+    tick: &mut dyn FnMut(usize) -> bool,
+) -> Result<Option<(Header, ValidatedSegment)>, SegmentError> {
     let b = backing.bytes();
     let Layout {
         header: h,
@@ -422,17 +434,18 @@ pub fn validate(backing: &Backing) -> Result<(Header, ValidatedSegment), Segment
             found: h.format_version,
         });
     }
-    let proof = ValidatedSegment::prove(
+    let proof = ValidatedSegment::prove_paced(
         backing,
         records_start,
         b.len(),
         occupied.iter().map(|(_, s)| s.claim),
+        tick,
     )
     .map_err(|n| SegmentError::Record {
         slot: occupied.get(n).map_or(0, |(i, _)| *i),
         reason: "checksum or archive validation failed",
     })?;
-    Ok((h, proof))
+    Ok(proof.map(|p| (h, p)))
 }
 
 /// A record to write into a new segment.
@@ -682,15 +695,26 @@ impl Segment {
 
     /// Runs full validation if not done yet. On failure the segment stops serving.
     pub fn validate(&self) -> Result<(), SegmentError> {
+        self.validate_paced(&mut |_| true).map(|_| ())
+    }
+
+    /// [`Segment::validate`] for a background thread: `tick` is told each checked record's
+    /// length and answers whether to go on. `Ok(true)` once validated, `Ok(false)` when `tick`
+    /// stopped it (the segment goes on serving through per-read checks; nothing is recorded).
+    pub fn validate_paced(
+        &self,
+        tick: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<bool, SegmentError> {
         if self.proof.get().is_some() {
-            return Ok(());
+            return Ok(true);
         }
-        match validate(&self.backing) {
-            Ok((h, proof)) => {
+        match validate_paced(&self.backing, tick) {
+            Ok(Some((h, proof))) => {
                 debug_assert_eq!(h, self.header);
                 let _ = self.proof.set(proof);
-                Ok(())
+                Ok(true)
             }
+            Ok(None) => Ok(false),
             Err(e) => {
                 self.failed.store(true, Ordering::Release);
                 Err(e)
@@ -1052,6 +1076,35 @@ mod tests {
         assert!(matches!(seg.find(recs[2].0), Found::Record(_)));
         seg.validate().unwrap();
         assert!(seg.is_validated());
+    }
+
+    #[test]
+    fn a_paced_validation_told_to_stop_proves_nothing_and_a_later_one_finishes() {
+        let (recs, bytes) = built(5);
+        let seg = open_heap(&bytes, Validate::Later).unwrap();
+        let mut seen = Vec::new();
+        let stopped = seg
+            .validate_paced(&mut |n| {
+                seen.push(n);
+                seen.len() < 2
+            })
+            .unwrap();
+        assert!(!stopped, "the tick said stop after two records");
+        assert_eq!(seen.len(), 2);
+        assert!(!seg.is_validated() && !seg.is_failed());
+        assert!(matches!(seg.find(recs[1].0), Found::Record(_)));
+
+        let mut total = 0;
+        assert!(
+            seg.validate_paced(&mut |n| {
+                total += n;
+                true
+            })
+            .unwrap()
+        );
+        assert!(seg.is_validated());
+        let records: usize = recs.iter().map(|(_, b)| b.len()).sum();
+        assert_eq!(total, records, "the tick is told every record's length");
     }
 
     #[test]
