@@ -18,6 +18,37 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def faults(pid):
+    """(minor, major) page faults of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[9])
+
+
+def threads_sched(pid):
+    """Per thread name: [CPU ns, ns spent runnable but waiting for a CPU, times scheduled]
+    (/proc/PID/task/*/schedstat), summed over threads of the same name."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                vals = [int(x) for x in f.read().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+        acc = out.setdefault(name, [0, 0, 0])
+        for i, v in enumerate(vals[:3]):
+            acc[i] += v
+    return out
+
+
+def sched_delta(before, after):
+    """`threads_sched` after minus before, per thread name."""
+    return {name: [a - b for a, b in zip(vals, before.get(name, [0, 0, 0]))]
+            for name, vals in after.items()}
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -28,7 +28,8 @@ Python 3 standard library only.
 import argparse, json, os, random, re, shutil, socket, subprocess, sys, tempfile, time
 import urllib.parse, urllib.request
 
-from benchlib import ADMIN_TOKEN, BIN, PIN, admin, bench_sign, cpu_seconds, free_port, start
+from benchlib import (ADMIN_TOKEN, BIN, PIN, admin, bench_sign, cpu_seconds, faults, free_port,
+                      sched_delta, start, threads_sched)
 # `backstop seed` names its apps `seed-app-{i % apps}` and users `user-{i // 2:010}` (src/seed.rs).
 SEED_APPS = 4
 BLOCKED_APP = "seed-app-3"
@@ -302,8 +303,16 @@ def main():
         # Whether the store's background validation of the segments found at start (SCHED_IDLE,
         # beside serving) overlapped backstop's run: bytes still to check before and after it.
         pending_before = admin(admin_addr, "GET", "/admin/status")["store"].get("validation_pending_bytes")
+        # Where backstop's threads spent the run: CPU, and time runnable but waiting for a vCPU
+        # (a worker waiting there is latency the server's own code did not cause); page faults.
+        sched0, faults0 = threads_sched(backstop.pid), faults(backstop.pid)
         ours = loadgen(f"{issuer}/token", population, backstop.pid, args, os.path.join(work, "backstop.json"))
+        sched1, faults1 = threads_sched(backstop.pid), faults(backstop.pid)
         result["rss_after_run_kib"] = rss_kib(backstop.pid)
+        result["threads_during_run"] = {name: {"cpu_ms": round(v[0] / 1e6, 1), "wait_for_cpu_ms": round(v[1] / 1e6, 1),
+                                               "scheduled": v[2]}
+                                        for name, v in sched_delta(sched0, sched1).items() if v[0] or v[1]}
+        result["page_faults_during_run"] = {"minor": faults1[0] - faults0[0], "major": faults1[1] - faults0[1]}
         pending_after = admin(admin_addr, "GET", "/admin/status")["store"].get("validation_pending_bytes")
         result["validation_pending_bytes"] = {"before_run": pending_before, "after_run": pending_after}
 
@@ -355,6 +364,12 @@ def print_table(r, args):
     print(f"  time to ready        listening {r['ready_listening_secs'] * 1000:.1f} ms, /admin/status "
           f"{r['ready_status_secs'] * 1000:.1f} ms, primary metadata {r['ready_metadata_secs'] * 1000:.1f} ms")
     print(f"  RSS (KiB)            after start {r['rss_after_start_kib']}, after run {r['rss_after_run_kib']}")
+    for name, t in sorted((r.get("threads_during_run") or {}).items()):
+        print(f"  thread {name:<15} CPU {t['cpu_ms']:.0f} ms, runnable but waiting for a vCPU {t['wait_for_cpu_ms']:.0f} ms, "
+              f"scheduled {t['scheduled']} times")
+    pf = r.get("page_faults_during_run")
+    if pf:
+        print(f"  page faults          {pf['minor']} minor, {pf['major']} major during backstop's run")
     v = r.get("validation_pending_bytes") or {}
     if v.get("before_run") is not None:
         print(f"  store validation     {v['before_run'] / 2**30:.2f} GiB left to check when backstop's run began, "
