@@ -10,10 +10,11 @@
 //! router).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -39,16 +40,62 @@ pub(crate) enum Phase {
 /// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
 /// all on the same worker thread. Transitions are plain `Cell` writes: nothing is woken per
 /// request (see `watchdog` for how its deadlines are still met exactly).
-#[derive(Debug)]
+///
+/// It also carries the guard's verdicts to the connection (see `serve`): close now, or finish
+/// the request in flight and close; the guard wakes the connection's task to act on them.
 pub(crate) struct PhaseCell {
     phase: Cell<Phase>,
+    /// The watchdog's reason to close the connection, once it has one.
+    close: Cell<Option<ConnectionEnd>>,
+    /// Shutdown began: finish the request in flight, then close.
+    drain: Cell<bool>,
+    /// The connection's task, to wake when `close` or `drain` is set.
+    conn_task: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for PhaseCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseCell")
+            .field("phase", &self.phase.get())
+            .field("close", &self.close.get())
+            .field("drain", &self.drain.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PhaseCell {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
             phase: Cell::new(Phase::Idle(now)),
+            close: Cell::new(None),
+            drain: Cell::new(false),
+            conn_task: Cell::new(None),
         }
+    }
+
+    fn request_close(&self, end: ConnectionEnd) {
+        self.close.set(Some(end));
+        self.wake_conn();
+    }
+
+    fn request_drain(&self) {
+        self.drain.set(true);
+        self.wake_conn();
+    }
+
+    fn wake_conn(&self) {
+        if let Some(w) = self.conn_task.take() {
+            w.wake();
+        }
+    }
+
+    /// Remembers the connection's task for `wake_conn` (a clone only when it changed).
+    fn park_conn(&self, waker: &Waker) {
+        let task = match self.conn_task.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.conn_task.set(Some(task));
     }
 
     pub(crate) fn get(&self) -> Phase {
@@ -195,6 +242,11 @@ pub(crate) const HYPER_STACK_HEADERS: usize = 100;
 
 /// Serves one accepted connection until the client closes it, a limit closes it, or shutdown
 /// drains it. `service` is hyper's service for this connection, already bound to `phase`.
+///
+/// The watchdog and the shutdown signal run on a task of their own (`guard`) and reach the
+/// connection through `phase`. Polled together with the connection in one `select!`, they were
+/// polled on every wake-up of the connection (a timer entry and a `Notify` looked at two or
+/// three times per request) though they fire once in a connection's life.
 pub(crate) async fn serve<S>(
     stream: TcpStream,
     phase: Rc<PhaseCell>,
@@ -202,7 +254,7 @@ pub(crate) async fn serve<S>(
     service: S,
     limits: &HttpLimits,
     metrics: &WorkerMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -218,38 +270,76 @@ pub(crate) async fn serve<S>(
     });
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    if *shutdown.borrow() {
+        phase.drain.set(true);
     }
-    let dog = watchdog(&phase, limits);
-    let mut dog = std::pin::pin!(dog);
+    let _guard = AbortOnDrop(tokio::task::spawn_local(guard(
+        phase.clone(),
+        *limits,
+        shutdown,
+    )));
+    let mut drained = false;
+    let outcome = std::future::poll_fn(|cx| {
+        if let Some(end) = phase.close.get() {
+            return Poll::Ready(Err(end));
+        }
+        if phase.drain.get() && !drained {
+            // Finish the request in flight, then close.
+            drained = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        match conn.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Ok(result)),
+            Poll::Pending => {
+                phase.park_conn(cx.waker());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            metrics.connection_ended(classify(&e));
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        Err(end) => {
+            metrics.connection_ended(end);
+            tracing::debug!(reason = ?end, "connection closed by timeout");
+        }
+    }
+}
 
+/// A connection's watchdog and shutdown listener: tells the connection (through `phase`) to
+/// close when a phase outlasts its limit, and to drain when shutdown begins (or the sender is
+/// gone: the server is stopping). Ends with its connection (`AbortOnDrop`).
+async fn guard(phase: Rc<PhaseCell>, limits: HttpLimits, mut shutdown: watch::Receiver<bool>) {
+    let mut draining = phase.drain.get();
+    let dog = watchdog(&phase, &limits);
+    let mut dog = std::pin::pin!(dog);
     loop {
         tokio::select! {
-            // The connection first: it is the branch that is ready on every request, and a
-            // fixed order spares the random draw an unbiased select makes on every poll.
             biased;
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    metrics.connection_ended(classify(&e));
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
             end = dog.as_mut() => {
-                metrics.connection_ended(end);
-                tracing::debug!(reason = ?end, "connection closed by timeout");
+                phase.request_close(end);
                 return;
             }
             changed = shutdown.changed(), if !draining => {
-                // Either shutdown began, or the sender is gone (the server is stopping):
-                // finish the request in flight, then close.
                 let _ = changed;
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                phase.request_drain();
             }
         }
+    }
+}
+
+/// Aborts the task when dropped: a connection's guard must not outlive it, also when the
+/// connection's own task is aborted at the end of the shutdown grace period.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -361,5 +451,34 @@ mod tests {
         let (end, ()) = tokio::join!(watchdog(&phase, &limits), writer);
         assert_eq!(end, ConnectionEnd::IdleTimeout);
         assert_eq!(started.elapsed(), half + limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_tells_the_connection_to_close_at_the_idle_limit() {
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let (_tx, rx) = watch::channel(false);
+        let started = Instant::now();
+        guard(phase.clone(), limits, rx).await;
+        assert_eq!(phase.close.get(), Some(ConnectionEnd::IdleTimeout));
+        assert_eq!(started.elapsed(), limits.keep_alive_idle);
+        assert!(!phase.drain.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_asks_the_connection_to_drain_on_shutdown_and_keeps_watching() {
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let (tx, rx) = watch::channel(false);
+        let started = Instant::now();
+        let shutdown = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(true).unwrap();
+        };
+        tokio::join!(guard(phase.clone(), limits, rx), shutdown);
+        assert!(phase.drain.get());
+        // Draining does not end the watch: a connection that never finishes is still closed.
+        assert_eq!(phase.close.get(), Some(ConnectionEnd::IdleTimeout));
+        assert_eq!(started.elapsed(), limits.keep_alive_idle);
     }
 }
