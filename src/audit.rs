@@ -197,7 +197,8 @@ impl AuditRecord {
     }
 }
 
-/// A JSON object being appended to a buffer, member by member.
+/// A JSON object being appended to a buffer, member by member. Its methods are inlined so
+/// that each member name, a literal at every call, is copied as a constant-length move.
 struct JsonObject<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
@@ -211,6 +212,7 @@ impl<'a> JsonObject<'a> {
 
     /// Writes `"name":` (after a comma unless first) and hands back the buffer for the value.
     /// Names are our own ASCII identifiers: nothing to escape.
+    #[inline(always)]
     fn key(&mut self, name: &str) -> &mut Vec<u8> {
         if !self.first {
             self.out.push(b',');
@@ -222,11 +224,13 @@ impl<'a> JsonObject<'a> {
         self.out
     }
 
+    #[inline(always)]
     fn str(&mut self, name: &str, value: &str) {
         let out = self.key(name);
         push_json_str(out, value);
     }
 
+    #[inline(always)]
     fn u64(&mut self, name: &str, value: u64) {
         let out = self.key(name);
         push_u64(out, value);
@@ -239,6 +243,7 @@ impl<'a> JsonObject<'a> {
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes (RFC 8259 §7: `"`, `\\` and
 /// control characters; the short forms where JSON has them, else `\u00XX` in lowercase hex).
+#[inline(always)]
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
@@ -274,6 +279,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `v` in decimal.
+#[inline(always)]
 fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
