@@ -607,15 +607,14 @@ async fn accept_loop(listener: TcpListener, ctx: HandlerCtx, mut stop: watch::Re
                     let stop = stop.clone();
                     // The client's address as a header value, once per connection rather
                     // than once per forwarded request.
-                    let peer_ip = hyper::header::HeaderValue::from_str(&peer.ip().to_string())
-                        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown"));
+                    let peer = Rc::new(router::Peer::new(peer.ip()));
                     connections.spawn_local(async move {
                         let phase = Rc::new(PhaseCell::new(tokio::time::Instant::now()));
                         let service = {
                             let ctx = ctx.clone();
                             let phase = phase.clone();
                             hyper::service::service_fn(move |req| {
-                                router::handle(req, ctx.clone(), phase.clone(), peer_ip.clone())
+                                router::handle(req, ctx.clone(), phase.clone(), peer.clone())
                             })
                         };
                         conn::serve(stream, phase, &builder, service, &limits, ctx.metrics(), stop).await;
