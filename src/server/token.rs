@@ -378,7 +378,8 @@ fn backup_answer(
         ambiguous = cause.ambiguous(),
         "backup decision"
     );
-    shared.audit.record(AuditRecord {
+    // Batched on this worker's thread: handed to the writer before the worker next parks.
+    shared.audit.record_batched(AuditRecord {
         time_ms: now_ms,
         event: AuditEvent::BackupDecision {
             request_id,
