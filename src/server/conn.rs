@@ -35,6 +35,11 @@ pub(crate) enum Phase {
     Head(Instant),
     /// A request is being served.
     Busy,
+    /// The service answered at the instant given and the response is about to be written:
+    /// idle since then, as far as the watchdog is concerned. The response's first write,
+    /// which follows at once, moves it to `Idle` from the same instant instead of reading the
+    /// clock again; later writes (a slow reader) restart the idle clock as any write does.
+    Answered(Instant),
 }
 
 /// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
@@ -107,13 +112,14 @@ impl PhaseCell {
         self.phase.set(Phase::Busy);
     }
 
-    /// The service has produced its response: the idle clock starts.
-    pub(crate) fn request_finished(&self) {
-        self.phase.set(Phase::Idle(Instant::now()));
+    /// The service produced its response at `at` (the caller's clock reading): the idle clock
+    /// starts.
+    pub(crate) fn request_finished(&self, at: Instant) {
+        self.phase.set(Phase::Answered(at));
     }
 
     fn bytes_read(&self) {
-        if let Phase::Idle(_) = self.phase.get() {
+        if let Phase::Idle(_) | Phase::Answered(_) = self.phase.get() {
             self.phase.set(Phase::Head(Instant::now()));
             // Stores a permit if the watchdog is not waiting yet, so it cannot be missed.
         }
@@ -121,8 +127,10 @@ impl PhaseCell {
 
     fn bytes_written(&self) {
         // Writing a response to a slow reader is activity, not idleness.
-        if let Phase::Idle(_) = self.phase.get() {
-            self.phase.set(Phase::Idle(Instant::now()));
+        match self.phase.get() {
+            Phase::Answered(at) => self.phase.set(Phase::Idle(at)),
+            Phase::Idle(_) => self.phase.set(Phase::Idle(Instant::now())),
+            Phase::Head(_) | Phase::Busy => {}
         }
     }
 }
@@ -199,7 +207,7 @@ async fn watchdog(phase: &PhaseCell, limits: &HttpLimits) -> ConnectionEnd {
     loop {
         let now = Instant::now();
         let deadline = match phase.get() {
-            Phase::Idle(since) => {
+            Phase::Idle(since) | Phase::Answered(since) => {
                 let idle_end = since + limits.keep_alive_idle;
                 if idle_end <= now {
                     return ConnectionEnd::IdleTimeout;
@@ -480,5 +488,40 @@ mod tests {
         // Draining does not end the watch: a connection that never finishes is still closed.
         assert_eq!(phase.close.get(), Some(ConnectionEnd::IdleTimeout));
         assert_eq!(started.elapsed(), limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_starts_when_the_service_answers_and_later_writes_restart_it() {
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.request_started();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let answered = Instant::now();
+        phase.request_finished(answered);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The response's first write: idle since the answer, not since the write.
+        phase.bytes_written();
+        assert_eq!(phase.get(), Phase::Idle(answered));
+        // A later write to a slow reader restarts the idle clock.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        phase.bytes_written();
+        let last_write = Instant::now();
+        assert_eq!(phase.get(), Phase::Idle(last_write));
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(last_write.elapsed(), limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_never_written_still_ends_at_the_idle_limit() {
+        // A reader that never takes the response: no write, yet the idle clock runs.
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.request_started();
+        let answered = Instant::now();
+        phase.request_finished(answered);
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(answered.elapsed(), limits.keep_alive_idle);
     }
 }

@@ -95,7 +95,9 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let elapsed = started.elapsed();
+    // One clock reading for the latency and the start of the idle clock.
+    let finished = Instant::now();
+    let elapsed = finished.saturating_duration_since(started);
     ctx.metrics()
         .record_request(route, reply.status().as_u16(), elapsed);
     tracing::debug!(
@@ -104,7 +106,7 @@ pub(crate) async fn handle(
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         "request"
     );
-    phase.request_finished();
+    phase.request_finished(finished);
     Ok(reply)
 }
 
