@@ -14,7 +14,6 @@
 //! [`serve_refresh`] is the whole decision; it touches no socket and no clock, so tests drive
 //! it directly and the server only adds transport, metrics and the audit record.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -24,6 +23,7 @@ use crate::store::{
     Store,
 };
 use crate::token::alg::SigningAlg;
+use crate::token::append;
 use crate::token::dpop::{self, DpopPolicy, DpopRequest, ReplayCache};
 use crate::token::keyring::{Keyring, KeyringError};
 use crate::token::mint::{Minter, TemplateMeta, TemplateRef};
@@ -659,8 +659,7 @@ fn mint_into(
     json_string(body, session.token_type.as_bytes());
     if access.meta().lifetime_secs > 0 {
         body.extend_from_slice(b",\"expires_in\":");
-        // Writing into a Vec cannot fail.
-        let _ = write!(body, "{}", access.meta().lifetime_secs);
+        append::push_u64(body, u64::from(access.meta().lifetime_secs));
     }
     if !session.scopes.is_empty() {
         // The granted scopes joined by spaces, as one JSON string, escaped piece by piece.
@@ -669,7 +668,7 @@ fn mint_into(
             if i > 0 {
                 body.push(b' ');
             }
-            json_escape(body, s.as_bytes());
+            append::json_escape(body, s.as_bytes());
         }
         body.push(b'"');
     }
@@ -705,40 +704,8 @@ fn compact_jws_string(out: &mut Vec<u8>, token: &[u8]) {
 /// is ASCII base64url, a stored string, or a form value, which are all `str`).
 fn json_string(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
-    json_escape(out, s);
+    append::json_escape(out, s);
     out.push(b'"');
-}
-
-/// Appends `s` escaped for the inside of a JSON string (no quotes).
-fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut rest = s;
-    // Tokens are base64url: copy runs that need no escape in one go.
-    while let Some(i) = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-    {
-        let (run, tail) = rest.split_at(i);
-        out.extend_from_slice(run);
-        let Some((&b, tail)) = tail.split_first() else {
-            break;
-        };
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                // b < 0x20: both nibbles index the table.
-                out.extend(
-                    [b >> 4, b & 0x0f]
-                        .iter()
-                        .filter_map(|n| HEX.get(usize::from(*n))),
-                );
-            }
-        }
-        rest = tail;
-    }
-    out.extend_from_slice(rest);
 }
 
 /// The hook until Conditional Access and revocation are wired (issue 6): allows everything.

@@ -10,10 +10,11 @@
 //! router).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,21 +35,72 @@ pub(crate) enum Phase {
     Head(Instant),
     /// A request is being served.
     Busy,
+    /// The service answered at the instant given and the response is about to be written:
+    /// idle since then, as far as the watchdog is concerned. The response's first write,
+    /// which follows at once, moves it to `Idle` from the same instant instead of reading the
+    /// clock again; later writes (a slow reader) restart the idle clock as any write does.
+    Answered(Instant),
 }
 
 /// The phase of one connection, shared by the socket wrapper, the service and the watchdog,
 /// all on the same worker thread. Transitions are plain `Cell` writes: nothing is woken per
 /// request (see `watchdog` for how its deadlines are still met exactly).
-#[derive(Debug)]
+///
+/// It also carries the guard's verdicts to the connection (see `serve`): close now, or finish
+/// the request in flight and close; the guard wakes the connection's task to act on them.
 pub(crate) struct PhaseCell {
     phase: Cell<Phase>,
+    /// The watchdog's reason to close the connection, once it has one.
+    close: Cell<Option<ConnectionEnd>>,
+    /// Shutdown began: finish the request in flight, then close.
+    drain: Cell<bool>,
+    /// The connection's task, to wake when `close` or `drain` is set.
+    conn_task: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for PhaseCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseCell")
+            .field("phase", &self.phase.get())
+            .field("close", &self.close.get())
+            .field("drain", &self.drain.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PhaseCell {
     pub(crate) fn new(now: Instant) -> Self {
         Self {
             phase: Cell::new(Phase::Idle(now)),
+            close: Cell::new(None),
+            drain: Cell::new(false),
+            conn_task: Cell::new(None),
         }
+    }
+
+    fn request_close(&self, end: ConnectionEnd) {
+        self.close.set(Some(end));
+        self.wake_conn();
+    }
+
+    fn request_drain(&self) {
+        self.drain.set(true);
+        self.wake_conn();
+    }
+
+    fn wake_conn(&self) {
+        if let Some(w) = self.conn_task.take() {
+            w.wake();
+        }
+    }
+
+    /// Remembers the connection's task for `wake_conn` (a clone only when it changed).
+    fn park_conn(&self, waker: &Waker) {
+        let task = match self.conn_task.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.conn_task.set(Some(task));
     }
 
     pub(crate) fn get(&self) -> Phase {
@@ -60,13 +112,14 @@ impl PhaseCell {
         self.phase.set(Phase::Busy);
     }
 
-    /// The service has produced its response: the idle clock starts.
-    pub(crate) fn request_finished(&self) {
-        self.phase.set(Phase::Idle(Instant::now()));
+    /// The service produced its response at `at` (the caller's clock reading): the idle clock
+    /// starts.
+    pub(crate) fn request_finished(&self, at: Instant) {
+        self.phase.set(Phase::Answered(at));
     }
 
     fn bytes_read(&self) {
-        if let Phase::Idle(_) = self.phase.get() {
+        if let Phase::Idle(_) | Phase::Answered(_) = self.phase.get() {
             self.phase.set(Phase::Head(Instant::now()));
             // Stores a permit if the watchdog is not waiting yet, so it cannot be missed.
         }
@@ -74,8 +127,10 @@ impl PhaseCell {
 
     fn bytes_written(&self) {
         // Writing a response to a slow reader is activity, not idleness.
-        if let Phase::Idle(_) = self.phase.get() {
-            self.phase.set(Phase::Idle(Instant::now()));
+        match self.phase.get() {
+            Phase::Answered(at) => self.phase.set(Phase::Idle(at)),
+            Phase::Idle(_) => self.phase.set(Phase::Idle(Instant::now())),
+            Phase::Head(_) | Phase::Busy => {}
         }
     }
 }
@@ -152,7 +207,7 @@ async fn watchdog(phase: &PhaseCell, limits: &HttpLimits) -> ConnectionEnd {
     loop {
         let now = Instant::now();
         let deadline = match phase.get() {
-            Phase::Idle(since) => {
+            Phase::Idle(since) | Phase::Answered(since) => {
                 let idle_end = since + limits.keep_alive_idle;
                 if idle_end <= now {
                     return ConnectionEnd::IdleTimeout;
@@ -195,6 +250,11 @@ pub(crate) const HYPER_STACK_HEADERS: usize = 100;
 
 /// Serves one accepted connection until the client closes it, a limit closes it, or shutdown
 /// drains it. `service` is hyper's service for this connection, already bound to `phase`.
+///
+/// The watchdog and the shutdown signal run on a task of their own (`guard`) and reach the
+/// connection through `phase`. Polled together with the connection in one `select!`, they were
+/// polled on every wake-up of the connection (a timer entry and a `Notify` looked at two or
+/// three times per request) though they fire once in a connection's life.
 pub(crate) async fn serve<S>(
     stream: TcpStream,
     phase: Rc<PhaseCell>,
@@ -202,7 +262,7 @@ pub(crate) async fn serve<S>(
     service: S,
     limits: &HttpLimits,
     metrics: &WorkerMetrics,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -218,38 +278,76 @@ pub(crate) async fn serve<S>(
     });
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
-    let mut draining = *shutdown.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    if *shutdown.borrow() {
+        phase.drain.set(true);
     }
-    let dog = watchdog(&phase, limits);
-    let mut dog = std::pin::pin!(dog);
+    let _guard = AbortOnDrop(tokio::task::spawn_local(guard(
+        phase.clone(),
+        *limits,
+        shutdown,
+    )));
+    let mut drained = false;
+    let outcome = std::future::poll_fn(|cx| {
+        if let Some(end) = phase.close.get() {
+            return Poll::Ready(Err(end));
+        }
+        if phase.drain.get() && !drained {
+            // Finish the request in flight, then close.
+            drained = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        match conn.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Ok(result)),
+            Poll::Pending => {
+                phase.park_conn(cx.waker());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            metrics.connection_ended(classify(&e));
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        Err(end) => {
+            metrics.connection_ended(end);
+            tracing::debug!(reason = ?end, "connection closed by timeout");
+        }
+    }
+}
 
+/// A connection's watchdog and shutdown listener: tells the connection (through `phase`) to
+/// close when a phase outlasts its limit, and to drain when shutdown begins (or the sender is
+/// gone: the server is stopping). Ends with its connection (`AbortOnDrop`).
+async fn guard(phase: Rc<PhaseCell>, limits: HttpLimits, mut shutdown: watch::Receiver<bool>) {
+    let mut draining = phase.drain.get();
+    let dog = watchdog(&phase, &limits);
+    let mut dog = std::pin::pin!(dog);
     loop {
         tokio::select! {
-            // The connection first: it is the branch that is ready on every request, and a
-            // fixed order spares the random draw an unbiased select makes on every poll.
             biased;
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    metrics.connection_ended(classify(&e));
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
             end = dog.as_mut() => {
-                metrics.connection_ended(end);
-                tracing::debug!(reason = ?end, "connection closed by timeout");
+                phase.request_close(end);
                 return;
             }
             changed = shutdown.changed(), if !draining => {
-                // Either shutdown began, or the sender is gone (the server is stopping):
-                // finish the request in flight, then close.
                 let _ = changed;
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                phase.request_drain();
             }
         }
+    }
+}
+
+/// Aborts the task when dropped: a connection's guard must not outlive it, also when the
+/// connection's own task is aborted at the end of the shutdown grace period.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -361,5 +459,69 @@ mod tests {
         let (end, ()) = tokio::join!(watchdog(&phase, &limits), writer);
         assert_eq!(end, ConnectionEnd::IdleTimeout);
         assert_eq!(started.elapsed(), half + limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_tells_the_connection_to_close_at_the_idle_limit() {
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let (_tx, rx) = watch::channel(false);
+        let started = Instant::now();
+        guard(phase.clone(), limits, rx).await;
+        assert_eq!(phase.close.get(), Some(ConnectionEnd::IdleTimeout));
+        assert_eq!(started.elapsed(), limits.keep_alive_idle);
+        assert!(!phase.drain.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_asks_the_connection_to_drain_on_shutdown_and_keeps_watching() {
+        let limits = HttpLimits::default();
+        let phase = Rc::new(PhaseCell::new(Instant::now()));
+        let (tx, rx) = watch::channel(false);
+        let started = Instant::now();
+        let shutdown = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(true).unwrap();
+        };
+        tokio::join!(guard(phase.clone(), limits, rx), shutdown);
+        assert!(phase.drain.get());
+        // Draining does not end the watch: a connection that never finishes is still closed.
+        assert_eq!(phase.close.get(), Some(ConnectionEnd::IdleTimeout));
+        assert_eq!(started.elapsed(), limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_starts_when_the_service_answers_and_later_writes_restart_it() {
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.request_started();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let answered = Instant::now();
+        phase.request_finished(answered);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The response's first write: idle since the answer, not since the write.
+        phase.bytes_written();
+        assert_eq!(phase.get(), Phase::Idle(answered));
+        // A later write to a slow reader restarts the idle clock.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        phase.bytes_written();
+        let last_write = Instant::now();
+        assert_eq!(phase.get(), Phase::Idle(last_write));
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(last_write.elapsed(), limits.keep_alive_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_never_written_still_ends_at_the_idle_limit() {
+        // A reader that never takes the response: no write, yet the idle clock runs.
+        let limits = HttpLimits::default();
+        let phase = PhaseCell::new(Instant::now());
+        phase.request_started();
+        let answered = Instant::now();
+        phase.request_finished(answered);
+        let end = watchdog(&phase, &limits).await;
+        assert_eq!(end, ConnectionEnd::IdleTimeout);
+        assert_eq!(answered.elapsed(), limits.keep_alive_idle);
     }
 }

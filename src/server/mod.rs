@@ -545,13 +545,16 @@ fn worker_main(
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Backup decisions are audited in batches per worker thread (`AuditSink::
+        // record_batched`): whatever this worker batched goes to the writer before it idles.
+        .on_thread_park(crate::audit::flush_thread)
         .build()
         .map_err(|source| ServerError::Start {
             what: format!("worker {index} runtime"),
             source,
         })?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    let result = local.block_on(&runtime, async move {
         let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Start {
             what: format!("worker {index} listener"),
             source,
@@ -575,7 +578,10 @@ fn worker_main(
         accept_loop(listener, ctx, stop).await;
         ticker.abort();
         Ok(())
-    })
+    });
+    // Before the server closes the audit log (after every worker has stopped).
+    crate::audit::flush_thread();
+    result
 }
 
 /// Accepts connections until shutdown, then drains them within the grace period.
@@ -607,15 +613,14 @@ async fn accept_loop(listener: TcpListener, ctx: HandlerCtx, mut stop: watch::Re
                     let stop = stop.clone();
                     // The client's address as a header value, once per connection rather
                     // than once per forwarded request.
-                    let peer_ip = hyper::header::HeaderValue::from_str(&peer.ip().to_string())
-                        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown"));
+                    let peer = Rc::new(router::Peer::new(peer.ip()));
                     connections.spawn_local(async move {
                         let phase = Rc::new(PhaseCell::new(tokio::time::Instant::now()));
                         let service = {
                             let ctx = ctx.clone();
                             let phase = phase.clone();
                             hyper::service::service_fn(move |req| {
-                                router::handle(req, ctx.clone(), phase.clone(), peer_ip.clone())
+                                router::handle(req, ctx.clone(), phase.clone(), peer.clone())
                             })
                         };
                         conn::serve(stream, phase, &builder, service, &limits, ctx.metrics(), stop).await;

@@ -56,6 +56,22 @@ impl HandlerCtx {
     }
 }
 
+/// The client end of a connection, worked out once per connection rather than per request.
+pub(crate) struct Peer {
+    /// The socket peer's address (policy conditions start from it).
+    pub(crate) ip: std::net::IpAddr,
+    /// The same as a header value, for `X-Forwarded-For`.
+    pub(crate) header: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: std::net::IpAddr) -> Self {
+        let header = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, header }
+    }
+}
+
 /// A response body: one we built, or the primary's, streamed through.
 pub(crate) type ResBody = Either<Full<Bytes>, Incoming>;
 
@@ -66,11 +82,11 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: Rc<HandlerCtx>,
     phase: Rc<PhaseCell>,
-    peer_ip: HeaderValue,
+    peer: Rc<Peer>,
 ) -> Result<Reply, Infallible> {
     phase.request_started();
     let started = Instant::now();
-    let (route, mut reply, framing_refused) = front_door(req, &ctx, &peer_ip, started).await;
+    let (route, mut reply, framing_refused) = front_door(req, &ctx, &peer, started).await;
     // After a refusal of the front door (bad body, timeout, too large) the rest of this
     // connection's input cannot be trusted to start a new request. Any other answer (a token
     // endpoint error, a primary's 400 passed through) leaves the connection open.
@@ -79,7 +95,9 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let elapsed = started.elapsed();
+    // One clock reading for the latency and the start of the idle clock.
+    let finished = Instant::now();
+    let elapsed = finished.saturating_duration_since(started);
     ctx.metrics()
         .record_request(route, reply.status().as_u16(), elapsed);
     tracing::debug!(
@@ -88,14 +106,14 @@ pub(crate) async fn handle(
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         "request"
     );
-    phase.request_finished();
+    phase.request_finished(finished);
     Ok(reply)
 }
 
 async fn front_door(
     req: Request<Incoming>,
     ctx: &HandlerCtx,
-    peer_ip: &HeaderValue,
+    peer: &Peer,
     started: Instant,
 ) -> (Route, Reply, bool) {
     let limits = &ctx.shared.config.limits;
@@ -122,9 +140,9 @@ async fn front_door(
         (Listener::Admin, _) => super::admin::handle(&parts, &body, &ctx.shared).await,
         (Listener::Public, Route::Ssf) => super::ssf::handle(&parts, &body, &ctx.shared).await,
         (Listener::Public, Route::Token) => {
-            super::token::handle(parts, body, peer_ip, ctx, started).await
+            super::token::handle(parts, body, peer, ctx, started).await
         }
-        (Listener::Public, Route::Proxy) => proxy(parts, body, peer_ip, ctx).await,
+        (Listener::Public, Route::Proxy) => proxy(parts, body, &peer.header, ctx).await,
         (Listener::Public, _) => public(route, &parts.method, ctx),
     };
     (route, reply, false)

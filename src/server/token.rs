@@ -86,7 +86,7 @@ impl Cause {
 pub(crate) async fn handle(
     parts: hyper::http::request::Parts,
     body: Bytes,
-    peer_ip: &HeaderValue,
+    peer: &super::router::Peer,
     ctx: &HandlerCtx,
     started: Instant,
 ) -> Reply {
@@ -140,7 +140,7 @@ pub(crate) async fn handle(
             &parts,
             &body,
             Some(request),
-            peer_ip,
+            peer.ip,
             ctx,
             backup,
             cause,
@@ -153,7 +153,7 @@ pub(crate) async fn handle(
     drop(form);
 
     let upstream_started = Instant::now();
-    let outcome = forward(gate, &parts, body.clone(), peer_ip, captured, ctx).await;
+    let outcome = forward(gate, &parts, body.clone(), &peer.header, captured, ctx).await;
     metrics.upstream_latency(upstream_started.elapsed());
     match outcome {
         Ok(reply) => {
@@ -169,7 +169,7 @@ pub(crate) async fn handle(
                 &parts,
                 &body,
                 None,
-                peer_ip,
+                peer.ip,
                 ctx,
                 backup,
                 Cause::Upstream(failure),
@@ -276,7 +276,7 @@ fn backup_answer(
     parts: &hyper::http::request::Parts,
     body: &Bytes,
     parsed: Option<TokenRequest<'_>>,
-    peer_ip: &HeaderValue,
+    peer: std::net::IpAddr,
     ctx: &HandlerCtx,
     backup: &WorkerBackup,
     cause: Cause,
@@ -287,11 +287,6 @@ fn backup_answer(
     let worker = ctx.worker.unwrap_or(usize::MAX);
     metrics.backup_request(cause.metric(), cause.ambiguous());
     let dpop = single_header(&parts.headers, header::HeaderName::from_static("dpop"));
-    let peer = peer_ip
-        .to_str()
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let client_ip = super::ca::client_ip(peer, &parts.headers, &shared.config.policy.client_ip);
     let request = OutageRequest {
         body,
@@ -383,7 +378,8 @@ fn backup_answer(
         ambiguous = cause.ambiguous(),
         "backup decision"
     );
-    shared.audit.record(AuditRecord {
+    // Batched on this worker's thread: handed to the writer before the worker next parks.
+    shared.audit.record_batched(AuditRecord {
         time_ms: now_ms,
         event: AuditEvent::BackupDecision {
             request_id,

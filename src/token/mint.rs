@@ -6,15 +6,13 @@
 //! The store persists both as plain bytes. Minting writes the header (pre-encoded per signer),
 //! the fresh time claims and the template into one reusable buffer, base64url's it and signs.
 
-use std::io::Write as _;
-
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 
 use crate::limits;
 use crate::token::alg::{SigningAlg, Typ};
-use crate::token::b64;
 use crate::token::json::{self, JsonError};
 use crate::token::sign::{SIGNATURE_BYTES_MAX, SignError, Signer};
+use crate::token::{append, b64};
 
 /// The time-varying claims (DESIGN §7): replaced at mint time, never copied from the primary.
 pub const TIME_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
@@ -596,18 +594,20 @@ impl Minter {
             }
             first = false;
         };
-        // Writes into a Vec cannot fail; `let _` keeps clippy quiet without an unwrap.
         if tc.iat {
             sep(p);
-            let _ = write!(p, "\"iat\":{now_secs}");
+            p.extend_from_slice(b"\"iat\":");
+            append::push_u64(p, now_secs);
         }
         if let Some(nbf) = nbf_secs {
             sep(p);
-            let _ = write!(p, "\"nbf\":{nbf}");
+            p.extend_from_slice(b"\"nbf\":");
+            append::push_u64(p, nbf);
         }
         if let Some(exp) = exp_secs {
             sep(p);
-            let _ = write!(p, "\"exp\":{exp}");
+            p.extend_from_slice(b"\"exp\":");
+            append::push_u64(p, exp);
         }
         if tc.jti {
             sep(p);
