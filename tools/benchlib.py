@@ -43,6 +43,23 @@ def threads_sched(pid):
     return out
 
 
+def context_switches(pid):
+    """(voluntary, involuntary) context switches summed over a process's threads: an
+    involuntary one is the thread preempted, e.g. by a client it just woke on the same vCPU."""
+    vol = invol = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            continue
+    return vol, invol
+
+
 def sched_delta(before, after):
     """`threads_sched` after minus before, per thread name."""
     return {name: [a - b for a, b in zip(vals, before.get(name, [0, 0, 0]))]

@@ -20,7 +20,8 @@ Needs: `cargo build --release --workspace` done first (with `--driver wrk`: the 
 """
 import argparse, json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
-from benchlib import ADMIN_TOKEN, BIN, PIN, ROOT, admin, bench_sign, cpu_seconds, free_port, start
+from benchlib import (ADMIN_TOKEN, BIN, PIN, ROOT, admin, bench_sign, context_switches, cpu_seconds,
+                      free_port, start)
 
 LUA = r"""
 local bodies = {}
@@ -37,18 +38,29 @@ end
 """
 
 
+# How the load generator is started: under SCHED_BATCH unless --client-preempts (main()).
+CLIENT = []
+
+
 def drive_loadgen(pid, url, seconds, connections, tokens):
     """The same measurement with backstop-loadgen: closed loop, one client thread."""
-    cmd = [f"{BIN}/backstop-loadgen", "--url", url, "--population", tokens, "--seconds",
+    cmd = CLIENT + [f"{BIN}/backstop-loadgen", "--url", url, "--population", tokens, "--seconds",
            str(seconds), "--connections", str(connections), "--server-pid", str(pid),
            "--format", "json"]
     if PIN:
         cmd += ["--pin", "0"]
+    switches0 = context_switches(pid)
     r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    switches1 = context_switches(pid)
     if r["ok"] != r["requests"]:
         sys.exit(f"{url}: {r['requests'] - r['ok']} error responses: {r['outcomes']}")
+    c = r["server_cpu"]
     return {"requests": r["requests"], "rps": r["throughput_per_sec"],
-            "cpu_s": r["server_cpu"]["seconds"], "cpu_us_per_req": r["server_cpu"]["us_per_request"],
+            "cpu_s": c["seconds"], "cpu_us_per_req": c["us_per_request"],
+            "user_us_per_req": c["user_seconds"] * 1e6 / max(1, r["requests"]),
+            "system_us_per_req": c["system_seconds"] * 1e6 / max(1, r["requests"]),
+            "voluntary_switches_per_req": (switches1[0] - switches0[0]) / max(1, r["requests"]),
+            "involuntary_switches_per_req": (switches1[1] - switches0[1]) / max(1, r["requests"]),
             "p99": f"{r['service_us']['p99']:.0f}us"}
 
 
@@ -76,6 +88,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--client-preempts", action="store_true",
+                    help="run the load generator as a normal task, not SCHED_BATCH: on a shared vCPU "
+                         "each response it is woken by then preempts the server, charging the server "
+                         "a context switch per response (the slower server more often than the floor)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="seconds of load on each server before the rounds, not measured: the first "
+                         "touch of every cycled session's records (page faults on the mapping) and "
+                         "cold caches are start-up, not the per-token cost")
     ap.add_argument("--spread", action="store_true",
                     help="let client and servers use any vCPU (default: all on vCPU 0)")
     ap.add_argument("--without-id-token", action="store_true",
@@ -83,6 +103,11 @@ def main():
     ap.add_argument("--driver", default="loadgen", choices=["loadgen", "wrk"],
                     help="load tool (loadgen also sends each session's `resource`)")
     args = ap.parse_args()
+    # A client on the server's vCPU that wakes on each response preempts the server at once
+    # (measured: backstop 0.78 involuntary switches per request, the floor none, since the
+    # floor's short bursts stay within its slice). A remote client never does that; under
+    # SCHED_BATCH a woken client waits for the tick instead, for the floor and backstop alike.
+    CLIENT[:] = [] if args.client_preempts or args.driver == "wrk" else ["chrt", "--batch", "0"]
     signatures = 1 if args.without_id_token else 2
     # On this 2-vCPU VM a wake-up across vCPUs costs tens of microseconds, charged to the
     # server's system time, and a slower server pays it on more requests (its client sleeps
@@ -148,6 +173,12 @@ def main():
         with open(script, "w") as f:
             f.write(LUA)
         results = []
+        if args.warmup > 0:
+            for pid, url in ((floor.pid, f"http://{floor_addr}/token"), (backstop.pid, f"{issuer}/token")):
+                if args.driver == "wrk":
+                    drive(pid, url, args.warmup, args.connections, script, wrk_env)
+                else:
+                    drive_loadgen(pid, url, args.warmup, args.connections, tokens)
         for _ in range(args.rounds):
             sign = bench_sign(args.alg, signing_input_bytes, 1)
             if args.driver == "wrk":
@@ -168,13 +199,20 @@ def main():
             print(f"floor {r['floor_http']['cpu_us_per_req']:.2f} us/req + {signatures} x sign {r['sign_us']:.2f} us"
                   f" = {r['floor_us']:.2f} us | backstop outage {r['backstop']['cpu_us_per_req']:.2f} us/token"
                   f" ({r['backstop']['rps']:.0f} tokens/s, p99 {r['backstop']['p99']}) | ratio {r['ratio']:.3f}")
+            if "user_us_per_req" in r["backstop"]:
+                b, f = r["backstop"], r["floor_http"]
+                print(f"    user / system us per request: backstop {b['user_us_per_req']:.2f} / {b['system_us_per_req']:.2f}, "
+                      f"floor http {f['user_us_per_req']:.2f} / {f['system_us_per_req']:.2f}; context switches "
+                      f"per request (voluntary / involuntary): backstop {b['voluntary_switches_per_req']:.3f} / "
+                      f"{b['involuntary_switches_per_req']:.3f}, floor {f['voluntary_switches_per_req']:.3f} / "
+                      f"{f['involuntary_switches_per_req']:.3f}")
         ratios = sorted(r["ratio"] for r in results)
         print(json.dumps({"alg": args.alg, "signatures_per_token_response": signatures,
                           "pinned_to_one_vcpu": not args.spread,
                           "response_bytes": response_bytes,
                           "signing_input_bytes": signing_input_bytes,
                           "sessions": args.sessions, "connections": args.connections,
-                          "seconds": args.seconds, "driver": args.driver, "median_ratio": ratios[len(ratios) // 2],
+                          "seconds": args.seconds, "warmup_secs": args.warmup, "client_sched_batch": bool(CLIENT), "driver": args.driver, "median_ratio": ratios[len(ratios) // 2],
                           "rounds": results}))
     finally:
         for p in procs:
