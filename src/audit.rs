@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
@@ -393,6 +393,10 @@ enum Msg {
 pub struct AuditSink {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Records sent and not yet written: the queue's bound counts records, not messages, so a
+    /// queue of batches holds no more than `queue_len` records either.
+    queued: Arc<AtomicUsize>,
+    queue_len: usize,
 }
 
 impl AuditSink {
@@ -425,18 +429,23 @@ impl AuditSink {
                 batch.sink = self.clone();
             }
             batch.records.push(record);
-            if batch.records.len() >= BATCH_RECORDS {
+            // Never more than the queue can take at once, or a full batch could never be sent.
+            if batch.records.len() >= BATCH_RECORDS.min(self.queue_len) {
                 batch.flush();
             }
         });
     }
 
-    fn send(&self, msg: Msg, records: u64) {
-        match self.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(records, Ordering::Relaxed);
-            }
+    fn send(&self, msg: Msg, records: usize) {
+        let before = self.queued.fetch_add(records, Ordering::Relaxed);
+        let sent = before + records <= self.queue_len
+            && match self.tx.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            };
+        if !sent {
+            self.queued.fetch_sub(records, Ordering::Relaxed);
+            self.dropped.fetch_add(records as u64, Ordering::Relaxed);
         }
     }
 
@@ -472,7 +481,7 @@ impl Batch {
         if self.records.is_empty() {
             return;
         }
-        let n = self.records.len() as u64;
+        let n = self.records.len();
         let records = std::mem::replace(&mut self.records, Vec::with_capacity(BATCH_RECORDS));
         self.sink.send(Msg::Batch(records), n);
     }
@@ -513,9 +522,12 @@ pub fn start(dir: &Path, limits: AuditLimits) -> Result<(AuditSink, JoinHandle<(
     let current = dir.join(CURRENT_FILE);
     let file = open_append(&current).map_err(io(&current))?;
     let size = file.metadata().map_err(io(&current))?.len();
-    let (tx, rx) = mpsc::sync_channel(limits.queue_len.max(1));
+    let queue_len = limits.queue_len.max(1);
+    let (tx, rx) = mpsc::sync_channel(queue_len);
+    let queued = Arc::new(AtomicUsize::new(0));
     let writer = Writer {
         dir: dir.to_path_buf(),
+        queued: Arc::clone(&queued),
         limits,
         out: BufWriter::new(file),
         size,
@@ -529,6 +541,8 @@ pub fn start(dir: &Path, limits: AuditLimits) -> Result<(AuditSink, JoinHandle<(
         AuditSink {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            queued,
+            queue_len,
         },
         handle,
     ))
@@ -545,6 +559,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 
 struct Writer {
     dir: PathBuf,
+    /// The senders' count of records queued and not yet written (`AuditSink::queued`).
+    queued: Arc<AtomicUsize>,
     limits: AuditLimits,
     out: BufWriter<File>,
     size: u64,
@@ -564,8 +580,12 @@ impl Writer {
             loop {
                 while let Some(msg) = next {
                     match msg {
-                        Msg::Record(record) => self.write(&record),
+                        Msg::Record(record) => {
+                            self.queued.fetch_sub(1, Ordering::Relaxed);
+                            self.write(&record);
+                        }
                         Msg::Batch(records) => {
+                            self.queued.fetch_sub(records.len(), Ordering::Relaxed);
                             for record in &records {
                                 self.write(record);
                             }
@@ -776,7 +796,11 @@ mod tests {
     #[test]
     fn a_full_batch_is_handed_over_without_a_flush_and_thread_exit_hands_over_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (sink, writer) = start(dir.path(), small_limits()).unwrap();
+        let limits = AuditLimits {
+            queue_len: 1024,
+            ..small_limits()
+        };
+        let (sink, writer) = start(dir.path(), limits).unwrap();
         let s = sink.clone();
         let n = BATCH_RECORDS + 3;
         std::thread::spawn(move || {
@@ -886,12 +910,46 @@ mod tests {
         let sink = AuditSink {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_len: 2,
         };
         for i in 0..5 {
             sink.record(transition(i));
         }
         assert_eq!(sink.dropped(), 3);
         assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn the_queue_bound_counts_records_not_batches() {
+        // Four message slots would hold four full batches (128 records); the bound is 40
+        // records, so the second batch of 32 no longer fits and is dropped whole.
+        let (tx, rx) = mpsc::sync_channel(4);
+        let sink = AuditSink {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue_len: 40,
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..(3 * BATCH_RECORDS) {
+                    sink.record_batched(transition(i));
+                }
+                flush_thread();
+            });
+        });
+        let kept: usize = rx
+            .try_iter()
+            .map(|m| match m {
+                Msg::Batch(records) => records.len(),
+                Msg::Record(_) => 1,
+                Msg::Stop => 0,
+            })
+            .sum();
+        assert_eq!(kept, BATCH_RECORDS);
+        assert_eq!(sink.dropped(), 2 * BATCH_RECORDS as u64);
+        assert_eq!(sink.queued.load(Ordering::Relaxed), BATCH_RECORDS);
     }
 
     #[test]
