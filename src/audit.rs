@@ -21,6 +21,8 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
+use crate::append::{escape_at, push_u64};
+
 /// Name of the file being written; rotated ones are `audit.1.jsonl` (newest) and up.
 pub const CURRENT_FILE: &str = "audit.jsonl";
 
@@ -282,25 +284,6 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Appends `v` in decimal.
-#[inline(always)]
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            // `v % 10` < 10: the cast cannot truncate.
-            *d = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || at == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(at..).unwrap_or_default());
-}
-
 /// Appends `k` as 32 lowercase hex digits.
 fn push_hex128(out: &mut Vec<u8>, k: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -313,39 +296,6 @@ fn push_hex128(out: &mut Vec<u8>, k: u128) {
             .unwrap_or(b'0');
     }
     out.extend_from_slice(&digits);
-}
-
-/// The index of the first byte of `s` that JSON must escape (`"`, `\` or below 0x20), eight
-/// bytes per step. The same test as `token::append::escape_at` (see its argument; `audit`
-/// sits below `token` and keeps its own copy): for a word `v`, `(v - 0x01..01) & !v &
-/// 0x80..80` flags its zero bytes and possibly bytes above the lowest flag, never below, so
-/// the lowest flag of the three tests is always a true match.
-fn escape_at(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = s.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        let flags = ((quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (x.wrapping_sub(ONES * 0x20) & !x))
-            & HIGH;
-        if flags != 0 {
-            return Some(at + (flags.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .map(|i| at + i)
 }
 
 /// Limits of the audit log.

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod append;
 pub mod audit;
 pub mod config;
 pub mod eligibility;

@@ -17,13 +17,13 @@
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use crate::append;
 use crate::protocol::{ClientAuth, Form, OAuthError, RequestError, TokenRequest};
 use crate::store::{
     ArtifactKind, ArtifactState, ArtifactView, ClientAuthMethod, SessionIdentityRef, SessionView,
     Store,
 };
 use crate::token::alg::SigningAlg;
-use crate::token::append;
 use crate::token::dpop::{self, DpopPolicy, DpopRequest, ReplayCache};
 use crate::token::keyring::{Keyring, KeyringError};
 use crate::token::mint::{Minter, TemplateMeta, TemplateRef};

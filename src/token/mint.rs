@@ -8,11 +8,12 @@
 
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 
+use crate::append;
 use crate::limits;
 use crate::token::alg::{SigningAlg, Typ};
+use crate::token::b64;
 use crate::token::json::{self, JsonError};
 use crate::token::sign::{SIGNATURE_BYTES_MAX, SignError, Signer};
-use crate::token::{append, b64};
 
 /// The time-varying claims (DESIGN §7): replaced at mint time, never copied from the primary.
 pub const TIME_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];

@@ -3,7 +3,6 @@
 //! The codemap, bottom up:
 //! - [`b64`] and [`json`]: strict base64url and strict JSON (depth bound, duplicate keys refused),
 //!   the two parsers every piece of outside JOSE input goes through.
-//! - [`append`]: JSON numbers and escaped strings appended by hand on the minting path.
 //! - [`alg`]: the closed set of algorithms and `typ` values we know.
 //! - [`jwk`]: public keys as JWKs, RFC 7638 thumbprints.
 //! - [`sign`]: the per-worker [`sign::Signer`] trait and its backends (Ed25519 through aws-lc-rs or
@@ -18,7 +17,6 @@
 //! `now_secs`), and knows nothing of HTTP beyond the method and URL strings DPoP binds to.
 
 pub mod alg;
-pub mod append;
 pub mod b64;
 pub mod dpop;
 pub mod json;
