@@ -85,6 +85,32 @@ def start(cmd, env=None, pattern=r"http://(\S+)"):
     return p, m.group(1)
 
 
+def start_backstop(conf, port, issuer, data_dir, primary_addr):
+    """Writes a one-worker config to `conf` and starts `backstop serve` under PIN with
+    ADMIN_TOKEN. Returns (process, admin address, seconds from spawn to the `listening on`
+    line, or None if it never printed one before the admin address)."""
+    import time
+    with open(conf, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\nworkers = 1\n'
+                f'issuer = "{issuer}"\ndata_dir = "{data_dir}"\n'
+                f'[primary]\norigin = "http://{primary_addr}"\n[log]\nlevel = "warn"\n')
+    env = dict(os.environ, BACKSTOP_ADMIN_TOKEN=ADMIN_TOKEN)
+    t0 = time.monotonic()
+    p = subprocess.Popen(PIN + [f"{BIN}/backstop", "serve", "--config", conf], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    listening = None
+    while True:
+        line = p.stdout.readline()
+        if not line:
+            p.kill()
+            sys.exit("backstop exited before its admin API listened")
+        if "listening on" in line and listening is None:
+            listening = time.monotonic() - t0
+        m = re.search(r"admin API on http://(\S+)", line)
+        if m:
+            return p, m.group(1), listening
+
+
 def admin(addr, method, path, body=None, timeout=10):
     """One admin API call with ADMIN_TOKEN; the JSON answer, or None for an empty body."""
     req = urllib.request.Request(f"http://{addr}{path}", method=method,

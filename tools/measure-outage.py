@@ -20,8 +20,8 @@ Needs: `cargo build --release --workspace` done first (with `--driver wrk`: the 
 """
 import argparse, json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.request
 
-from benchlib import (ADMIN_TOKEN, BIN, PIN, ROOT, admin, bench_sign, context_switches, cpu_seconds,
-                      free_port, start)
+from benchlib import (BIN, PIN, ROOT, admin, bench_sign, context_switches, cpu_seconds,
+                      free_port, start, start_backstop)
 
 LUA = r"""
 local bodies = {}
@@ -132,22 +132,9 @@ def main():
         procs.append(mock)
         # A token-sized floor response: measured below from one backup answer.
         floor = None
-        conf = os.path.join(tmp, "b.toml")
-        with open(conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\nworkers = 1\n'
-                    f'issuer = "{issuer}"\ndata_dir = "{tmp}/data"\n'
-                    f'[primary]\norigin = "http://{mock_addr}"\n[log]\nlevel = "warn"\n')
-        env = dict(os.environ, BACKSTOP_ADMIN_TOKEN=ADMIN_TOKEN)
-        backstop = subprocess.Popen(PIN + [f"{BIN}/backstop", "serve", "--config", conf], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        backstop, admin_addr, _ = start_backstop(os.path.join(tmp, "b.toml"), port, issuer,
+                                                 f"{tmp}/data", mock_addr)
         procs.append(backstop)
-        admin_addr = None
-        while admin_addr is None:
-            line = backstop.stdout.readline()
-            if not line:
-                sys.exit("backstop exited")
-            m = re.search(r"admin API on http://(\S+)", line)
-            admin_addr = m.group(1) if m else None
         deadline = time.time() + 20
         while admin(admin_addr, "GET", "/admin/status")["primary_metadata"]["token_path"] is None:
             if time.time() > deadline:

@@ -28,8 +28,8 @@ Python 3 standard library only.
 import argparse, json, os, random, re, shutil, socket, subprocess, sys, tempfile, time
 import urllib.parse, urllib.request
 
-from benchlib import (ADMIN_TOKEN, BIN, PIN, admin, bench_sign, cpu_seconds, faults, free_port,
-                      sched_delta, start, threads_sched)
+from benchlib import (BIN, PIN, admin, bench_sign, cpu_seconds, faults, free_port,
+                      sched_delta, start, start_backstop, threads_sched)
 # `backstop seed` names its apps `seed-app-{i % apps}` and users `user-{i // 2:010}` (src/seed.rs).
 SEED_APPS = 4
 BLOCKED_APP = "seed-app-3"
@@ -218,26 +218,14 @@ def main():
 
         mock, mock_addr = start([f"{BIN}/backstop-mock-primary"])
         procs.append(mock)
-        conf = os.path.join(work, "backstop.toml")
-        with open(conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:0"\nworkers = 1\n'
-                    f'issuer = "{issuer}"\ndata_dir = "{data}"\n'
-                    f'[primary]\norigin = "http://{mock_addr}"\n[log]\nlevel = "warn"\n')
-        env = dict(os.environ, BACKSTOP_ADMIN_TOKEN=ADMIN_TOKEN)
         print("starting backstop ...", file=sys.stderr)
         t0 = time.monotonic()
-        backstop = subprocess.Popen(PIN + [f"{BIN}/backstop", "serve", "--config", conf], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        backstop, admin_addr, listening = start_backstop(os.path.join(work, "backstop.toml"), port,
+                                                         issuer, data, mock_addr)
         procs.append(backstop)
-        admin_addr = None
-        while admin_addr is None:
-            line = backstop.stdout.readline()
-            if not line:
-                sys.exit("backstop exited before listening")
-            if "listening on" in line:
-                result["ready_listening_secs"] = round(time.monotonic() - t0, 4)
-            m = re.search(r"admin API on http://(\S+)", line)
-            admin_addr = m.group(1) if m else None
+        if listening is None:
+            sys.exit("backstop never printed its `listening on` line")
+        result["ready_listening_secs"] = round(listening, 4)
         deadline = time.monotonic() + 120
         status = None
         while status is None:
